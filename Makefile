@@ -1,0 +1,45 @@
+# arbor: `make run` sets up and runs the default study; `make test` runs the test suite.
+SHELL := /bin/bash
+VENV ?= .venv
+PY := $(VENV)/bin/python
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed-stamp
+CORES ?= all
+export PATH := $(abspath $(BIN)):$(PATH)
+
+.PHONY: install run dag dvc.yaml test test-fast bench clean help
+
+help:  ## list targets
+	@grep -E '^[a-z.-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
+
+$(STAMP): pyproject.toml
+	@test -x $(PY) || python3 -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[test]'
+	@touch $@
+
+install: $(STAMP)  ## create .venv (if missing) and install arbor with its test extras
+
+dvc.yaml: params.yaml $(STAMP)  ## regenerate dvc.yaml from params.yaml (only rewrites on change)
+	$(PY) -m workflow dvc-yaml
+
+run: install  ## run the whole default study with Snakemake, record it in DVC, print the report path
+	$(PY) -m workflow check
+	$(PY) -m workflow dvc-yaml
+	$(BIN)/snakemake --profile profiles/local --cores $(CORES)
+	$(BIN)/dvc commit --force --quiet
+	@echo "report: $(CURDIR)/reports/summary.md  (plots in reports/plots/)"
+
+dag: install  ## print the job graph (dot) of the default study
+	$(BIN)/snakemake --profile profiles/local --dag
+
+test: install  ## run the test suite (slow tests included)
+	@$(PY) -m pytest $(PYTEST_ARGS); rc=$$?; \
+	if [ $$rc -eq 5 ]; then echo "make test: pytest collected no tests; that is a failure here" >&2; exit 1; fi; \
+	exit $$rc
+
+test-fast: install  ## the suite without the slow end-to-end tests
+	$(PY) -m pytest -m "not slow" $(PYTEST_ARGS)
+
+clean:  ## remove every artifact of the default study (keeps .venv and the DVC cache)
+	rm -rf artifacts reports logs benchmarks .snakemake/incomplete

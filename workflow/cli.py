@@ -1,0 +1,108 @@
+"""Command line: parse arguments, validate params, dispatch to one stage's `run()`.
+
+Each subcommand is the contract shared by `rules/*.smk`, `dvc.yaml` and users. Stage modules are
+imported lazily so `check` and `--help` stay fast (torch and megatron load only when needed).
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+import time
+
+from workflow.params import Params, ParamsError, load_params
+
+EXIT_BAD_PARAMS = 2
+
+
+def _check(params: Params, args: argparse.Namespace) -> None:
+    from workflow import dag
+
+    print(f"{args.params}: OK")
+    print(f"sources:  {', '.join(f'{n} ({s.domain})' for n, s in params.sources.items())}")
+    print(f"models:   {', '.join(params.model_ids())}")
+    dag.check_dvc_yaml(params)
+
+
+def _dvc_yaml(params: Params, args: argparse.Namespace) -> None:
+    from workflow import dag
+
+    dag.write_dvc_yaml(params, args.out)
+
+
+def _stage(module: str, *fields: str):
+    def call(params: Params, args: argparse.Namespace) -> None:
+        importlib.import_module(f"workflow.{module}").run(params, *(getattr(args, f) for f in fields))
+
+    return call
+
+
+COMMANDS: dict[str, tuple[str, list[tuple[str, dict]], object]] = {
+    "check": ("Validate params.yaml and print the planned models and stages.", [], _check),
+    "curate": ("Read, clean, deduplicate and split one source into zstd shards.",
+               [("--source", dict(required=True, metavar="NAME", help="a key of `sources`"))], _stage("curate", "source")),
+    "tokenizer": ("Train (or copy) the byte-level BPE tokenizer.", [], _stage("tokenizer")),
+    "tokenize": ("Write one source's Megatron .bin/.idx datasets (train + held-out).",
+                 [("--source", dict(required=True, metavar="NAME", help="a key of `sources`"))], _stage("tokenize", "source")),
+    "trunk": ("Train the WSD stable phase up to a trunk checkpoint (all checkpoints without --step).",
+              [("--step", dict(type=int, default=None, metavar="N", help="a value of `trunk.checkpoints`"))], _stage("train.trunk", "step")),
+    "decay": ("Train one decay branch from its trunk checkpoint.",
+              [("--branch", dict(required=True, metavar="NAME", help="a key of `decays`"))], _stage("train.decay", "branch")),
+    "merge": ("Average the weights of the models of one merge.",
+              [("--name", dict(required=True, metavar="NAME", help="a key of `merges`"))], _stage("merge", "name")),
+    "evaluate": ("Held-out loss and bits-per-byte of one model.",
+                 [("--model", dict(required=True, metavar="ID", help="trunk-<N>, decay-<branch> or merge-<name>"))], _stage("evaluate", "model")),
+    "report": ("Write reports/summary.md and plots from every eval.", [], _stage("report")),
+    "dvc-yaml": ("Regenerate dvc.yaml from params.yaml (needed when models are added or removed).",
+                 [("--out", dict(default="dvc.yaml", help="where to write"))], _dvc_yaml),
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m workflow", description=__doc__.splitlines()[0])
+    parser.add_argument("--params", default="params.yaml", help="the study file (default: params.yaml)")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for name, (help_text, options, _) in COMMANDS.items():
+        p = sub.add_parser(name, help=help_text, description=help_text)
+        for flag, kwargs in options:
+            p.add_argument(flag, **kwargs)
+    return parser
+
+
+def _validate_target(params: Params, args: argparse.Namespace) -> None:
+    """The stage's own argument must name something params.yaml declares."""
+    checks = {
+        "source": ("sources", params.sources),
+        "branch": ("decays", params.decays),
+        "name": ("merges", params.merges),
+    }
+    for attr, (section, table) in checks.items():
+        value = getattr(args, attr, None)
+        if value is not None and value not in table:
+            raise ParamsError(f"{args.params}: {section}.{value}: not declared (declared: {', '.join(table) or 'none'})")
+    if getattr(args, "step", None) is not None and args.step not in params.trunk.checkpoints:
+        raise ParamsError(f"{args.params}: trunk.checkpoints: {args.step} is not a trunk checkpoint ({list(params.trunk.checkpoints)})")
+    if getattr(args, "model", None) is not None and args.model not in params.model_ids():
+        raise ParamsError(f"{args.params}: model '{args.model}' is not declared (declared: {', '.join(params.model_ids())})")
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = build_parser().parse_args(argv)
+    start = time.perf_counter()
+    try:
+        params = load_params(args.params)
+        _validate_target(params, args)
+        if args.command not in ("check", "dvc-yaml"):
+            from workflow.dag import check_dvc_yaml
+
+            check_dvc_yaml(params)
+        COMMANDS[args.command][2](params, args)
+    except ParamsError as err:
+        print(f"error: {err}", file=sys.stderr)
+        sys.exit(EXIT_BAD_PARAMS)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        sys.exit(130)
+    if args.command not in ("check", "dvc-yaml"):
+        print(f"[{args.command}] done in {time.perf_counter() - start:.1f}s", file=sys.stderr)

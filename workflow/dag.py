@@ -1,0 +1,163 @@
+"""The study's stages, declared once: what each reads (files, params keys), writes and runs.
+
+`rules/*.smk` use `inputs()`/`param_keys()` for their input functions and tracked params;
+`dvc.yaml` is generated from `stages()`. DVC's templating can interpolate a scalar but not a
+list of dependencies, so a merge's inputs cannot be expressed with `foreach`: the file is
+generated (with `foreach` wherever DVC can express the stage) and every stage command refuses
+to run when `dvc.yaml` no longer matches `params.yaml`.
+
+Granularity differs in one place: Snakemake runs one trunk job per segment
+(`trunk --step N`, fits SLURM walltimes), DVC runs one `trunk` stage that owns
+`artifacts/trunk/` and resumes from its last valid checkpoint.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from workflow import paths
+from workflow.io import atomic_file
+from workflow.params import Params, ParamsError, Trunk
+
+CLI = "python -m workflow"
+# Trunk settings that do not change the weights of an existing checkpoint (see train fingerprint).
+TRUNK_LAYOUT_KEYS = {"checkpoints", "save_interval", "log_interval"}
+TRUNK_WEIGHT_KEYS = [f"trunk.{k}" for k in Trunk.model_fields if k not in TRUNK_LAYOUT_KEYS]
+
+
+# -- what each stage reads -------------------------------------------------------------------
+
+def param_keys(stage: str, key: str | None = None) -> list[str]:
+    """Dotted params.yaml keys a stage reads (DVC `params:`; Snakemake tracks their values)."""
+    return {
+        "curate": [f"sources.{key}", "curation"],
+        "tokenizer": ["tokenizer"],
+        "tokenize": [f"sources.{key}.domain", "tokenizer.eod_token"],
+        "trunk": ["model", "trunk"],
+        "decay": ["model", *TRUNK_WEIGHT_KEYS, f"decays.{key}"],
+        "merge": [f"merges.{key}"],
+        "evaluate": ["model", "eval"],
+        "report": ["trunk.checkpoints", "decays", "merges"],
+    }[stage]
+
+
+def param_values(config: dict[str, Any], keys: list[str]) -> dict[str, Any]:
+    """The values of dotted keys in a raw params mapping (missing keys -> None)."""
+    out = {}
+    for dotted in keys:
+        node: Any = config
+        for part in dotted.split("."):
+            node = node.get(part) if isinstance(node, dict) else None
+        out[dotted] = node
+    return out
+
+
+def tokens_inputs(params: Params, split: str = "train") -> list[str]:
+    return [f"{paths.tokens_prefix(d, split)}.{ext}" for d in params.domains() for ext in ("bin", "idx")] + \
+        [paths.tokens_stats(d) for d in params.domains()]
+
+
+def previous_checkpoint(params: Params, step: int) -> int | None:
+    steps = list(params.trunk.checkpoints)
+    i = steps.index(step)
+    return steps[i - 1] if i else None
+
+
+def inputs(params: Params, stage: str, key: Any = None) -> list[str]:
+    """Input files/dirs of one stage instance (the engines' edges)."""
+    if stage == "curate":
+        return sorted(str(p) for pattern in params.sources[key].paths for p in Path().glob(pattern)) or list(params.sources[key].paths)
+    if stage == "tokenizer":
+        return [paths.curated_dir(s) for s in params.sources]
+    if stage == "tokenize":
+        return [paths.curated_dir(key), paths.tokenizer_dir()]
+    if stage == "trunk":  # one Snakemake segment; key = step (None: DVC's whole trunk)
+        prev = previous_checkpoint(params, key) if key is not None else None
+        return ([paths.trunk_dir(prev)] if prev else []) + [paths.tokenizer_dir(), *tokens_inputs(params)]
+    if stage == "decay":
+        return [paths.trunk_dir(params.decays[key].from_step), paths.tokenizer_dir(), *tokens_inputs(params)]
+    if stage == "merge":
+        return [paths.model_dir(m) for m in params.merges[key].models]
+    if stage == "evaluate":
+        return [paths.model_dir(key), paths.tokenizer_dir(), *tokens_inputs(params, "heldout")]
+    if stage == "report":  # evals + the trained models' dirs (their train_log.jsonl)
+        return [paths.eval_file(m) for m in params.model_ids()] + \
+            [paths.model_dir(m) for m in params.model_ids() if not m.startswith("merge-")]
+    raise KeyError(stage)
+
+
+
+# -- DVC ----------------------------------------------------------------------------------------
+
+def _stage(cmd: str, deps: list[str], params: list[str], outs: list[Any]) -> dict[str, Any]:
+    return {"cmd": cmd, "deps": deps, "params": params, "outs": outs}
+
+
+def _foreach(items: str, body: dict[str, Any]) -> dict[str, Any]:
+    return {"foreach": items, "do": body}
+
+
+def dvc_document(params: Params) -> dict[str, Any]:
+    """`dvc.yaml` as a mapping. `foreach` over params wherever DVC's templating can express the
+    stage; explicit stages where a dependency list varies per item (a source's files, a merge's
+    inputs), which DVC cannot interpolate."""
+    train_tokens = tokens_inputs(params)
+    heldout_tokens = tokens_inputs(params, "heldout")
+    st: dict[str, Any] = {}
+    for s in params.sources:
+        st[f"curate-{s}"] = _stage(f"{CLI} curate --source {s}", inputs(params, "curate", s), param_keys("curate", s), [paths.curated_dir(s)])
+    st["tokenizer"] = _stage(f"{CLI} tokenizer", inputs(params, "tokenizer"), param_keys("tokenizer"), [paths.tokenizer_dir()])
+    st["tokenize"] = _foreach("${sources}", _stage(
+        f"{CLI} tokenize --source ${{key}}", inputs(params, "tokenize", "${key}"), param_keys("tokenize", "${key}"),
+        paths.tokens_files("${item.domain}")))
+    st["trunk"] = _stage(f"{CLI} trunk", inputs(params, "trunk"), param_keys("trunk"), [{paths.trunk_root(): {"persist": True}}])
+    if params.decays:
+        st["decay"] = _foreach("${decays}", _stage(
+            f"{CLI} decay --branch ${{key}}", [paths.trunk_dir("${item.from_step}"), paths.tokenizer_dir(), *train_tokens],
+            param_keys("decay", "${key}"), [paths.decay_dir("${key}")]))
+    for m in params.merge_order():
+        st[f"merge-{m}"] = _stage(f"{CLI} merge --name {m}", inputs(params, "merge", m), param_keys("merge", m), [paths.merge_dir(m)])
+    for kind, items, key, model_path in (
+            ("trunk", "${trunk.checkpoints}", "${item}", paths.trunk_dir("${item}")),
+            ("decay", "${decays}", "${key}", paths.decay_dir("${key}")),
+            ("merge", "${merges}", "${key}", paths.merge_dir("${key}"))):
+        if kind == "decay" and not params.decays or kind == "merge" and not params.merges:
+            continue
+        st[f"evaluate_{kind}"] = _foreach(items, _stage(
+            f"{CLI} evaluate --model {kind}-{key}", [model_path, paths.tokenizer_dir(), *heldout_tokens],
+            param_keys("evaluate"), [{paths.eval_file(f"{kind}-{key}"): {"cache": False}}]))
+    report_deps = [f"{paths.ARTIFACTS}/eval", paths.trunk_root()] + ([f"{paths.ARTIFACTS}/decay"] if params.decays else [])
+    st["report"] = _stage(f"{CLI} report", report_deps, param_keys("report"), [paths.report_dir()])
+    return {"metrics": [f"{paths.ARTIFACTS}/eval"], "stages": st}
+
+
+HEADER = """\
+# GENERATED from params.yaml by `python -m workflow dvc-yaml` (workflow/dag.py): do not edit.
+# Value edits (e.g. `dvc exp run -S decays.early.steps=60`) and new decays or trunk checkpoints
+# need no regeneration; adding or removing a source or a merge does (every stage checks).
+"""
+
+
+def render_dvc_yaml(params: Params) -> str:
+    return HEADER + yaml.safe_dump(dvc_document(params), sort_keys=False, width=1000)
+
+
+def write_dvc_yaml(params: Params, out: str = "dvc.yaml") -> bool:
+    """Write `dvc.yaml` if it differs; returns whether it changed."""
+    text = render_dvc_yaml(params)
+    if Path(out).exists() and Path(out).read_text() == text:
+        return False
+    with atomic_file(out) as f:
+        f.write(text)
+    print(f"wrote {out}")
+    return True
+
+
+def check_dvc_yaml(params: Params, path: str = "dvc.yaml") -> None:
+    """Raise ParamsError when `dvc.yaml` exists but no longer matches params.yaml."""
+    if Path(path).exists() and Path(path).read_text() != render_dvc_yaml(params):
+        raise ParamsError(f"{path} is out of date with params.yaml (a source or merge was added or removed): "
+                          f"run `python -m workflow dvc-yaml`")

@@ -1,0 +1,86 @@
+"""Every artifact path of a study, declared once (used by the stages, `rules/common.smk` and `dvc.yaml`).
+
+Paths are relative to the repository root, the working directory of every stage.
+"""
+
+from __future__ import annotations
+
+from workflow.params import ParamsError, parse_model_id
+
+ARTIFACTS = "artifacts"
+REPORTS = "reports"
+
+
+def curated_dir(source: str) -> str:
+    return f"{ARTIFACTS}/curated/{source}"
+
+
+def tokenizer_dir() -> str:
+    return f"{ARTIFACTS}/tokenizer"
+
+
+def tokenizer_file() -> str:
+    return f"{tokenizer_dir()}/tokenizer.json"
+
+
+def tokens_prefix(domain: str, split: str = "train") -> str:
+    """Megatron dataset path prefix (without .bin/.idx): train split `<domain>`, held-out `<domain>.heldout`."""
+    return f"{ARTIFACTS}/tokens/{domain}" if split == "train" else f"{ARTIFACTS}/tokens/{domain}.{split}"
+
+
+def tokens_files(domain: str) -> list[str]:
+    """Everything `tokenize` writes for one domain."""
+    return [f"{tokens_prefix(domain, s)}.{ext}" for s in ("train", "heldout") for ext in ("bin", "idx")] + [tokens_stats(domain)]
+
+
+def tokens_stats(domain: str) -> str:
+    return f"{ARTIFACTS}/tokens/{domain}.stats.json"
+
+
+def trunk_root() -> str:
+    return f"{ARTIFACTS}/trunk"
+
+
+def trunk_dir(step: int | str) -> str:
+    return f"{trunk_root()}/step-{step}"
+
+
+def decay_dir(branch: str) -> str:
+    return f"{ARTIFACTS}/decay/{branch}"
+
+
+def merge_dir(name: str) -> str:
+    return f"{ARTIFACTS}/merge/{name}"
+
+
+def scratch_dir(kind: str, name: str) -> str:
+    """Intermediate (resume) checkpoints of a running job; never a stage output."""
+    return f"{ARTIFACTS}/.scratch/{kind}/{name}"
+
+
+def model_dir(model_id: str) -> str:
+    kind, key = parse_model_id(model_id)
+    return {"trunk": trunk_dir, "decay": decay_dir, "merge": merge_dir}[kind](key)
+
+
+def eval_file(model_id: str) -> str:
+    return f"{ARTIFACTS}/eval/{model_id}.json"
+
+
+def train_log(model_dir_path: str) -> str:
+    return f"{model_dir_path}/train_log.jsonl"
+
+
+def report_dir() -> str:
+    return REPORTS
+
+
+def report_file() -> str:
+    return f"{REPORTS}/summary.md"
+
+
+def loss_plot() -> str:
+    return f"{REPORTS}/plots/loss.png"
+
+
+__all__ = [n for n in dir() if not n.startswith("_")] + ["ParamsError"]
