@@ -1,0 +1,53 @@
+"""Shared fixtures: the repo root, the default params, and a copy of the repository to run studies in."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY_PARAMS = ROOT / "tests" / "configs" / "tiny" / "params.yaml"
+
+
+def run(cmd: list[str], cwd: Path, check: bool = True, **kw) -> subprocess.CompletedProcess:
+    """Run a command with the test interpreter's venv first on PATH; on failure show its output."""
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}", "PYTHONUNBUFFERED": "1"}
+    proc = subprocess.run(cmd, cwd=cwd, env=env, text=True, capture_output=True, **kw)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"{' '.join(cmd)} exited {proc.returncode}\n--- stdout\n{proc.stdout[-6000:]}\n--- stderr\n{proc.stderr[-6000:]}")
+    return proc
+
+
+def copy_repo(dest: Path, params: dict | Path | None = None) -> Path:
+    """Copy the working tree (tracked + untracked, not ignored) into `dest` as a fresh git + DVC repo."""
+    files = subprocess.run(["git", "ls-files", "-co", "--exclude-standard", "-z"], cwd=ROOT, capture_output=True, check=True).stdout
+    for rel in filter(None, files.decode().split("\0")):
+        src = ROOT / rel
+        if src.is_file():
+            (dest / rel).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(src, dest / rel)
+    if params is not None:
+        text = params.read_text() if isinstance(params, Path) else yaml.safe_dump(params, sort_keys=False)
+        (dest / "params.yaml").write_text(text)
+    run(["git", "init", "-q"], dest)
+    run(["git", "add", "-A"], dest)
+    run(["git", "-c", "user.email=t@t", "-c", "user.name=t", "commit", "-qm", "study"], dest)
+    return dest
+
+
+@pytest.fixture
+def repo(tmp_path: Path) -> Path:
+    """A copy of the repository with the tiny study as params.yaml (dvc.yaml regenerated)."""
+    dest = copy_repo(tmp_path / "repo", TINY_PARAMS)
+    run([sys.executable, "-m", "workflow", "dvc-yaml"], dest)
+    return dest
+
+
+def load_yaml(path: Path) -> dict:
+    return yaml.safe_load(path.read_text())

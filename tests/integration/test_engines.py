@@ -1,0 +1,99 @@
+"""Snakemake and DVC declare the same study: outputs, commands, edges and tracked params.
+
+The one stated difference is the trunk's granularity: Snakemake runs one job per segment
+(`trunk --step N` -> artifacts/trunk/step-N, each from the previous checkpoint), DVC one
+resuming `trunk` stage that owns artifacts/trunk/. Every other stage must match exactly.
+"""
+
+from __future__ import annotations
+
+import re
+import sys
+
+import pytest
+
+from tests.conftest import ROOT, TINY_PARAMS, copy_repo, run
+from tests.engines import dvc_jobs, snakemake_jobs
+from workflow import paths
+from workflow.params import load_params
+
+TRUNK_STEP = re.compile(rf"^{re.escape(paths.trunk_root())}/step-\d+$")
+
+
+def to_dvc_granularity(path: str) -> str:
+    """artifacts/trunk/step-N (a Snakemake trunk job's output) -> artifacts/trunk (DVC's trunk stage)."""
+    return paths.trunk_root() if TRUNK_STEP.match(path) else path
+
+
+def expand_dir_deps(deps: frozenset[str], outputs: set[str]) -> set[str]:
+    """A DVC dependency on a directory that holds other stages' outputs stands for those outputs."""
+    out: set[str] = set()
+    for d in deps:
+        inside = {o for o in outputs if o.startswith(d.rstrip("/") + "/")}
+        out |= inside if d not in outputs and inside else {d}
+    return out
+
+
+@pytest.fixture(scope="module", params=["default", "tiny"])
+def engines(request, tmp_path_factory):
+    params = None if request.param == "default" else TINY_PARAMS
+    repo = copy_repo(tmp_path_factory.mktemp(request.param), params)
+    run([sys.executable, "-m", "workflow", "dvc-yaml"], repo)
+    return load_params(repo / "params.yaml"), snakemake_jobs(repo), dvc_jobs(repo)
+
+
+def test_same_outputs(engines):
+    params, smk, dvc = engines
+    assert {to_dvc_granularity(o) for o in smk} == set(dvc)
+    assert {o for o in smk if TRUNK_STEP.match(o)} == {paths.trunk_dir(s) for s in params.trunk.checkpoints}
+
+
+def test_same_commands(engines):
+    params, smk, dvc = engines
+    for out, job in smk.items():
+        if TRUNK_STEP.match(out):
+            step = int(out.rsplit("-", 1)[1])
+            assert job.cmd == f"{dvc[paths.trunk_root()].cmd} --step {step}"
+        else:
+            assert job.cmd == dvc[out].cmd, out
+
+
+def test_same_tracked_params(engines):
+    _, smk, dvc = engines
+    for out, job in smk.items():
+        assert job.params == dvc[to_dvc_granularity(out)].params, out
+
+
+def test_same_edges(engines):
+    params, smk, dvc = engines
+    outputs = set(dvc)
+    for out, job in smk.items():
+        if TRUNK_STEP.match(out):  # a segment reads the previous checkpoint: an edge inside DVC's trunk stage
+            prev = [i for i in job.inputs if TRUNK_STEP.match(i)]
+            steps = list(params.trunk.checkpoints)
+            i = steps.index(int(out.rsplit("-", 1)[1]))
+            assert prev == ([paths.trunk_dir(steps[i - 1])] if i else [])
+            assert set(job.inputs) - set(prev) == set(dvc[paths.trunk_root()].inputs)
+        elif out == paths.report_dir():  # DVC's report reads directories that hold the evals and models
+            assert {to_dvc_granularity(i) for i in job.inputs} == expand_dir_deps(dvc[out].inputs, outputs)
+        else:
+            assert job.inputs == dvc[out].inputs, out
+
+
+def test_dvc_yaml_is_current():
+    """The committed dvc.yaml is what `python -m workflow dvc-yaml` generates from params.yaml."""
+    from workflow.dag import render_dvc_yaml
+
+    assert (ROOT / "dvc.yaml").read_text() == render_dvc_yaml(load_params(ROOT / "params.yaml"))
+
+
+def test_stale_dvc_yaml_is_refused(repo):
+    text = (repo / "params.yaml").read_text().replace("merges:\n  both:", "merges:\n  other:\n    models: [trunk-12]\n  both:")
+    (repo / "params.yaml").write_text(text)
+    proc = run([sys.executable, "-m", "workflow", "report"], repo, check=False)
+    assert proc.returncode == 2 and "dvc.yaml is out of date" in proc.stderr
+
+
+def test_snakemake_lint():
+    proc = run([sys.executable, "-m", "snakemake", "--lint"], ROOT, check=False)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
