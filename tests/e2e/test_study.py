@@ -1,0 +1,103 @@
+"""The whole DAG on the tiny study: Snakemake runs it, DVC records it, and edits re-run only what they touch."""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tests.conftest import TINY_PARAMS, copy_repo, run
+from workflow import paths
+from workflow.params import load_params
+
+pytestmark = pytest.mark.slow
+
+
+def snakemake(repo: Path, *args: str) -> str:
+    return run([sys.executable, "-m", "snakemake", "--profile", "profiles/local", "--cores", "2", *args], repo).stdout
+
+
+def scheduled(repo: Path) -> set[str]:
+    """Outputs of the jobs a dry run would execute (the `all` target excluded)."""
+    out = snakemake(repo, "--dry-run")
+    return {o for line in re.findall(r"^\s+output: (.+)$", out, flags=re.M) for o in line.split(", ")}
+
+
+def dvc(repo: Path, *args: str, check: bool = True):
+    return run([sys.executable, "-m", "dvc", *args], repo, check=check)
+
+
+def dvc_changed(repo: Path) -> set[str]:
+    return set(json.loads(dvc(repo, "status", "--json").stdout or "{}"))
+
+
+def edit_params(repo: Path, edit) -> None:
+    data = yaml.safe_load((repo / "params.yaml").read_text())
+    edit(data)
+    (repo / "params.yaml").write_text(yaml.safe_dump(data, sort_keys=False))
+    run([sys.executable, "-m", "workflow", "dvc-yaml"], repo)
+
+
+@pytest.fixture(scope="module")
+def study(tmp_path_factory) -> Path:
+    """Run the tiny study with Snakemake, then record it in DVC (what `make run` does)."""
+    repo = copy_repo(tmp_path_factory.mktemp("study"), TINY_PARAMS)
+    run([sys.executable, "-m", "workflow", "dvc-yaml"], repo)
+    snakemake(repo)
+    dvc(repo, "commit", "--force", "--quiet")
+    return repo
+
+
+def test_every_artifact_exists(study):
+    params = load_params(study / "params.yaml")
+    for source in params.sources:
+        stats = json.loads((study / paths.curated_dir(source) / "stats.json").read_text())
+        assert stats["docs_out"] > 0 and list((study / paths.curated_dir(source)).glob("part-*.jsonl.zst"))
+    assert (study / paths.tokenizer_file()).is_file()
+    for domain in params.domains():
+        for f in paths.tokens_files(domain):
+            assert (study / f).stat().st_size > 0, f
+    for model in params.model_ids():
+        model_dir = study / paths.model_dir(model)
+        assert (model_dir / "meta.json").is_file(), model
+        result = json.loads((study / paths.eval_file(model)).read_text())
+        assert result["model"] == model
+        for domain in [*params.domains(), "all"]:
+            assert math.isfinite(result["heldout"][domain]["loss"]) and result["heldout"][domain]["bpb"] > 0
+    assert (study / paths.report_file()).read_text().count("|") > 10
+    assert (study / paths.loss_plot()).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_everything_is_up_to_date(study):
+    assert "Nothing to be done" in snakemake(study, "--dry-run")
+    assert dvc_changed(study) == set()
+
+
+def test_curation_edit_reruns_everything_downstream(study):
+    before = (study / "params.yaml").read_text()
+    edit_params(study, lambda p: p["curation"].update(min_chars=40))
+    try:
+        params = load_params(study / "params.yaml")
+        everything = {paths.curated_dir(s) for s in params.sources} | {paths.tokenizer_dir(), paths.report_dir()}
+        assert everything <= scheduled(study)
+        assert len(scheduled(study)) == 1 + 1 + len(params.sources) * 2 + len(params.trunk.checkpoints) \
+            + len(params.decays) + len(params.merges) + len(params.model_ids())
+        assert dvc_changed(study) == {f"curate-{s}" for s in params.sources}
+    finally:
+        (study / "params.yaml").write_text(before)
+        run([sys.executable, "-m", "workflow", "dvc-yaml"], study)
+
+
+def test_new_branch_runs_only_that_branch(study):
+    edit_params(study, lambda p: p["decays"].update(extra={"from_step": 12, "steps": 4, "shape": "minus_sqrt", "final_lr": 0.0}))
+    assert scheduled(study) == {paths.decay_dir("extra"), paths.eval_file("decay-extra"), paths.report_dir()}
+    assert dvc_changed(study) == {"decay@extra", "evaluate_decay@extra", "report"}
+    ran = dvc(study, "repro").stdout
+    assert set(re.findall(r"Running stage '([^']+)'", ran)) == {"decay@extra", "evaluate_decay@extra", "report"}
+    assert dvc_changed(study) == set()
+    assert (study / paths.eval_file("decay-extra")).is_file()
