@@ -40,7 +40,7 @@ def param_keys(stage: str, key: str | None = None) -> list[str]:
         "decay": ["model", *TRUNK_WEIGHT_KEYS, f"decays.{key}"],
         "merge": [f"merges.{key}"],
         "evaluate": ["model", "eval"],
-        "report": ["trunk.checkpoints", "decays", "merges"],
+        "report": ["model.seq_length", "trunk.checkpoints", "trunk.global_batch_size", "decays", "merges"],
     }[stage]
 
 

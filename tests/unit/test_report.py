@@ -1,0 +1,146 @@
+"""Report: table numbers, study cost, findings, valid plots embedded in the HTML, stable bytes, clear errors."""
+
+from __future__ import annotations
+
+import base64
+import json
+from pathlib import Path
+
+import pytest
+
+from workflow import paths, report
+from workflow.io import write_json
+from workflow.params import parse_params
+
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+TOKENS_PER_STEP = 4 * 8  # global_batch_size × seq_length
+# held-out overall loss of every model; per-domain numbers are derived from it
+LOSS = {"trunk-10": 4.0, "trunk-20": 3.5, "decay-a": 3.7, "decay-b": 3.2, "merge-m": 3.3, "merge-mm": 3.4}
+
+
+def make_params():
+    return parse_params({
+        "sources": {"p": {"paths": ["raw/p.jsonl"], "domain": "prose"}, "c": {"paths": ["raw/c.jsonl"], "domain": "code"}},
+        "model": {"seq_length": 8},
+        "trunk": {"checkpoints": [10, 20], "global_batch_size": 4, "micro_batch_size": 2},
+        "decays": {"b": {"from_step": 20, "steps": 4, "shape": "linear", "final_lr": 1e-4},
+                   "a": {"from_step": 10, "steps": 5, "shape": "cosine"}},
+        "merges": {"mm": {"models": ["merge-m", "trunk-20"]}, "m": {"models": ["decay-a", "decay-b"]}},
+    })
+
+
+def write_log(model_id: str, steps: range) -> None:
+    path = Path(paths.train_log(paths.model_dir(model_id)))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("".join(json.dumps({"step": s, "loss": 6.0 - 0.1 * s + 0.05 * (-1) ** s, "lr": 1e-3, "grad_norm": 1.0,
+                                        "tokens_per_s": 1e4, "consumed_samples": 4 * s}) + "\n" for s in steps))
+
+
+def write_eval(model_id: str, loss: float | None = None) -> None:
+    loss = LOSS[model_id] if loss is None else loss
+    heldout = {"prose": {"loss": loss - 0.1, "bpb": loss / 3, "tokens": 100},
+               "code": {"loss": loss + 0.1, "bpb": loss / 4, "tokens": 50},
+               "all": {"loss": loss, "bpb": loss / 3.5, "tokens": 150}}
+    write_json(paths.eval_file(model_id), {"model": model_id, "lineage": {"kind": model_id.split("-")[0]}, "heldout": heldout})
+
+
+@pytest.fixture
+def study(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    params = make_params()
+    for model_id in params.model_ids():
+        write_eval(model_id)
+    write_log("trunk-10", range(1, 11))
+    write_log("trunk-20", range(1, 21))  # cumulative
+    write_log("decay-a", range(11, 16))
+    write_log("decay-b", range(21, 25))
+    write_json(Path(paths.trunk_dir(10)) / "meta.json", {"step": 10, "tokens_seen": 321})
+    return params
+
+
+def table_rows(md: str) -> dict[str, dict[str, str]]:
+    lines = [line for line in md.splitlines() if line.startswith("| ")]
+    header = [c.strip() for c in lines[0].strip("|").split("|")]
+    return {cells[0]: dict(zip(header, cells)) for cells in
+            ([c.strip() for c in line.strip("|").split("|")] for line in lines[2:])}
+
+
+def test_table_cost_and_findings(study, capsys):
+    report.run(study)
+    md = Path(paths.report_file()).read_text()
+    rows = table_rows(md)
+    assert list(rows) == ["trunk-10", "trunk-20", "decay-a", "decay-b", "merge-m", "merge-mm"]
+    expected = {  # tokens seen, own steps
+        "trunk-10": (321, 10),  # meta.json's tokens_seen wins
+        "trunk-20": (20 * TOKENS_PER_STEP, 10),
+        "decay-a": (15 * TOKENS_PER_STEP, 5),
+        "decay-b": (24 * TOKENS_PER_STEP, 4),
+        "merge-m": ((20 + 5 + 4) * TOKENS_PER_STEP, 0),  # shared trunk counted once
+        "merge-mm": ((20 + 5 + 4) * TOKENS_PER_STEP, 0),
+    }
+    for model_id, (tokens, own) in expected.items():
+        row, loss = rows[model_id], LOSS[model_id]
+        assert row["tokens seen"] == f"{tokens:,}" and row["own steps"] == str(own)
+        assert row["all loss"] == f"{loss:.4f}" and row["all bpb"] == f"{loss / 3.5:.4f}"
+        assert row["prose loss"] == f"{loss - 0.1:.4f}" and row["code bpb"] == f"{loss / 4:.4f}"
+    assert rows["decay-a"]["lineage"] == "decay of trunk-10, 5 steps cosine → 0"
+    assert rows["decay-b"]["lineage"] == "decay of trunk-20, 4 steps linear → 0.0001"
+    assert "decay-a, decay-b" in rows["merge-m"]["lineage"]
+
+    assert report.study_cost(study) == (20 + 5 + 4, 10 + 20 + 15 + 24)
+    assert "29 optimizer steps executed" in md and "vs 69 to train" in md and "2.38× fewer (58% saved)" in md
+    assert "decay-a: held-out loss 3.7000 vs 4.0000 for its parent trunk-10 (Δ -0.3000" in md
+    assert "decay-b: held-out loss 3.2000 vs 3.5000 for its parent trunk-20 (Δ -0.3000" in md
+    assert "merge-m: held-out loss 3.3000 vs inputs decay-a 3.7000, decay-b 3.2000 (Δ +0.1000 vs the best input decay-b" in md
+    assert "Best held-out loss: decay-b" in md
+    out = capsys.readouterr().out.strip()
+    assert out.count("\n") == 0 and "reports/" in out
+
+
+def test_plots_html_and_stable_bytes(study):
+    report.run(study)
+    root = Path(paths.report_dir())
+    first = {p.relative_to(root): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+    assert set(map(str, first)) == {"summary.md", "summary.html", "plots/loss.png", "plots/bpb.png"}
+    html = first[Path("summary.html")].decode()
+    for plot in ("plots/loss.png", "plots/bpb.png"):
+        png = first[Path(plot)]
+        assert png.startswith(PNG_MAGIC) and b"matplotlib" not in png  # valid, no version stamp
+        assert base64.b64encode(png).decode() in html
+    assert "<td>decay-a</td>" in html and "Findings" in html and "→" in html
+    report.run(study)
+    assert {p.relative_to(root): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()} == first
+
+
+def test_missing_or_wrong_eval_names_file_and_command(study):
+    Path(paths.eval_file("decay-b")).unlink()
+    with pytest.raises(FileNotFoundError, match=r"artifacts/eval/decay-b\.json.*python -m workflow evaluate --model decay-b"):
+        report.run(study)
+    assert not Path(paths.report_dir()).exists()
+    write_json(paths.eval_file("decay-b"), {"model": "decay-a", "heldout": {"all": {"loss": 1.0, "bpb": 1.0}}})
+    with pytest.raises(ValueError, match=r"decay-b\.json: not an eval of decay-b"):
+        report.run(study)
+
+
+def test_trunk_log_joins_segment_logs_and_missing_logs_only_warn(study, capsys):
+    write_log("trunk-20", range(11, 21))  # per-segment logs instead of a cumulative one
+    assert [s for s, _ in report.trunk_log(study)] == list(range(1, 21))
+    Path(paths.train_log(paths.decay_dir("a"))).unlink()
+    report.run(study)
+    assert "decay/a/train_log.jsonl is missing" in capsys.readouterr().err
+    assert Path(paths.loss_plot()).read_bytes().startswith(PNG_MAGIC)
+
+
+def test_trunk_only_study(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    params = parse_params({"sources": {"p": {"paths": ["x"], "domain": "prose"}}, "trunk": {"checkpoints": [5]}})
+    write_log("trunk-5", range(1, 6))
+    write_eval("trunk-5", loss=5.0)
+    report.run(params)
+    md = Path(paths.report_file()).read_text()
+    assert table_rows(md)["trunk-5"]["own steps"] == "5" and "1.00× fewer (0% saved)" in md
+
+
+def test_ema_is_seeded_and_light():
+    assert report.ema([1.0, 1.0]) == [1.0, 1.0]
+    assert report.ema([0.0], start=1.0) == [pytest.approx(report.EMA_BETA)]
