@@ -1,0 +1,1 @@
+"""Training: megatron-core GPT on CPU (gloo) or GPU (Transformer Engine); see backend.py."""
