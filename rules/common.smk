@@ -32,7 +32,7 @@ def get_final_output():
 
 def tracked(stage, key=None):
     """The params.yaml values a stage reads, as one string: Snakemake reruns the job when it changes."""
-    return json.dumps(dag.param_values(config, dag.param_keys(stage, key)), sort_keys=True)
+    return json.dumps(dag.param_values(PARAMS, dag.param_keys(stage, key)), sort_keys=True)
 
 
 def curate_inputs(wildcards):

@@ -22,13 +22,13 @@ def _check(params: Params, args: argparse.Namespace) -> None:
     print(f"{args.params}: OK")
     print(f"sources:  {', '.join(f'{n} ({s.domain})' for n, s in params.sources.items())}")
     print(f"models:   {', '.join(params.model_ids())}")
-    dag.check_dvc_yaml(params)
+    dag.check_dvc_yaml(params, params_file=args.params)
 
 
 def _dvc_yaml(params: Params, args: argparse.Namespace) -> None:
     from workflow import dag
 
-    dag.write_dvc_yaml(params, args.out)
+    dag.write_dvc_yaml(params, args.out, params_file=args.params)
 
 
 def _stage(module: str, *fields: str):
@@ -42,6 +42,12 @@ COMMANDS: dict[str, tuple[str, list[tuple[str, dict]], object]] = {
     "check": ("Validate params.yaml and print the planned models and stages.", [], _check),
     "curate": ("Read, clean, deduplicate and split one source into zstd shards.",
                [("--source", dict(required=True, metavar="NAME", help="a key of `sources`"))], _stage("curate", "source")),
+    "curate-shard": ("Filter one input file of a source (its PART-th path match) through the per-document pipeline.",
+                     [("--source", dict(required=True, metavar="NAME", help="a key of `sources`")),
+                      ("--part", dict(required=True, type=int, metavar="K", help="index into the source's sorted input files"))],
+                     _stage("curate.shard", "source", "part")),
+    "curate-split": ("Deduplicate a source across its shards (exact + MinHash) and draw its held-out split.",
+                     [("--source", dict(required=True, metavar="NAME", help="a key of `sources`"))], _stage("curate.split", "source")),
     "tokenizer": ("Train (or copy) the byte-level BPE tokenizer.", [], _stage("tokenizer")),
     "tokenize": ("Write one source's Megatron .bin/.idx datasets (train + held-out).",
                  [("--source", dict(required=True, metavar="NAME", help="a key of `sources`"))], _stage("tokenize", "source")),
@@ -96,7 +102,7 @@ def main(argv: list[str] | None = None) -> None:
         if args.command not in ("check", "dvc-yaml"):
             from workflow.dag import check_dvc_yaml
 
-            check_dvc_yaml(params)
+            check_dvc_yaml(params, params_file=args.params)
         COMMANDS[args.command][2](params, args)
     except ParamsError as err:
         print(f"error: {err}", file=sys.stderr)

@@ -44,15 +44,104 @@ def param_keys(stage: str, key: str | None = None) -> list[str]:
     }[stage]
 
 
-def param_values(config: dict[str, Any], keys: list[str]) -> dict[str, Any]:
-    """The values of dotted keys in a raw params mapping (missing keys -> None)."""
+def param_values(params: Params, keys: list[str]) -> dict[str, Any]:
+    """The resolved values (defaults applied) of dotted keys: what Snakemake tracks per job."""
+    resolved = params.model_dump(mode="json")
     out = {}
     for dotted in keys:
-        node: Any = config
+        node: Any = resolved
         for part in dotted.split("."):
-            node = node.get(part) if isinstance(node, dict) else None
+            node = node[part]
         out[dotted] = node
     return out
+
+
+def tracked_keys(params: Params) -> list[str]:
+    """Every dotted key some stage of the study reads (DVC's `params:` over all stages)."""
+    keys = [k for s in params.sources for stage in ("curate", "tokenize") for k in param_keys(stage, s)]
+    keys += param_keys("tokenizer") + param_keys("trunk") + param_keys("evaluate") + param_keys("report")
+    keys += [k for b in params.decays for k in param_keys("decay", b)]
+    keys += [k for m in params.merges for k in param_keys("merge", m)]
+    return list(dict.fromkeys(keys))
+
+
+def _fill(node: Any, default: Any, added: list[str], prefix: str) -> Any:
+    """Add the missing leaves of `default` under a ruamel mapping `node`."""
+    for key, value in default.items():
+        dotted = f"{prefix}.{key}" if prefix else key
+        if key not in node:
+            node[key] = value
+            added.append(dotted)
+        elif isinstance(value, dict) and isinstance(node[key], dict) and value:
+            _fill(node[key], value, added, dotted)
+    return node
+
+
+def fill_defaults(params: Params, path: str | Path = "params.yaml") -> list[str]:
+    """Write the schema defaults of every tracked key that `path` leaves out (comments kept).
+
+    DVC compares the params it tracks as written in params.yaml and refuses keys that are
+    absent, so the study file must spell out every value a stage reads. Returns the added keys.
+    """
+    from ruamel.yaml import YAML
+
+    yaml_rt = YAML()
+    yaml_rt.preserve_quotes = True
+    yaml_rt.width = 4096
+    doc = yaml_rt.load(Path(path).read_text())
+    missing = missing_keys(params, doc)
+    if not missing:
+        return []
+    resolved = params.model_dump(mode="json")
+    added: list[str] = []
+    for dotted in tracked_keys(params):
+        parts = dotted.split(".")
+        node, default = doc, resolved
+        for part in parts[:-1]:
+            default = default[part]
+            if part not in node:
+                node[part] = {}
+            node = node[part]
+        leaf = parts[-1]
+        value = default[leaf]
+        if leaf not in node:
+            node[leaf] = value
+            added.append(dotted)
+        elif isinstance(value, dict) and isinstance(node[leaf], dict):
+            _fill(node[leaf], value, added, dotted)
+    with atomic_file(path) as f:
+        yaml_rt.dump(doc, f)
+    return added
+
+
+def missing_keys(params: Params, raw: dict[str, Any]) -> list[str]:
+    """Tracked keys (or their leaves) that the raw study mapping does not spell out."""
+    resolved = params.model_dump(mode="json")
+    out = []
+
+    def walk(node: Any, default: Any, dotted: str) -> None:
+        if isinstance(node, dict) and isinstance(default, dict):
+            for k, v in default.items():
+                if k not in node:
+                    out.append(f"{dotted}.{k}")
+                else:
+                    walk(node[k], v, f"{dotted}.{k}")
+
+    for dotted in tracked_keys(params):
+        node, default = raw, resolved
+        for part in dotted.split("."):
+            default = default[part]
+            node = node.get(part) if isinstance(node, dict) and part in node else _MISSING
+            if node is _MISSING:
+                break
+        if node is _MISSING:
+            out.append(dotted)
+        else:
+            walk(node, default, dotted)
+    return out
+
+
+_MISSING = object()
 
 
 def tokens_inputs(params: Params, split: str = "train") -> list[str]:
@@ -145,8 +234,11 @@ def render_dvc_yaml(params: Params) -> str:
     return HEADER + yaml.safe_dump(dvc_document(params), sort_keys=False, width=1000)
 
 
-def write_dvc_yaml(params: Params, out: str = "dvc.yaml") -> bool:
-    """Write `dvc.yaml` if it differs; returns whether it changed."""
+def write_dvc_yaml(params: Params, out: str = "dvc.yaml", params_file: str = "params.yaml") -> bool:
+    """Write `dvc.yaml` if it differs (and the defaults DVC needs into params.yaml); returns whether it changed."""
+    added = fill_defaults(params, params_file)
+    if added:
+        print(f"{params_file}: wrote the defaults of {len(added)} keys DVC tracks ({', '.join(added[:6])}{', ...' if len(added) > 6 else ''})")
     text = render_dvc_yaml(params)
     if Path(out).exists() and Path(out).read_text() == text:
         return False
@@ -156,8 +248,15 @@ def write_dvc_yaml(params: Params, out: str = "dvc.yaml") -> bool:
     return True
 
 
-def check_dvc_yaml(params: Params, path: str = "dvc.yaml") -> None:
-    """Raise ParamsError when `dvc.yaml` exists but no longer matches params.yaml."""
-    if Path(path).exists() and Path(path).read_text() != render_dvc_yaml(params):
+def check_dvc_yaml(params: Params, path: str = "dvc.yaml", params_file: str = "params.yaml") -> None:
+    """Raise ParamsError when `dvc.yaml` exists but no longer matches params.yaml, or params.yaml
+    leaves out a value DVC tracks."""
+    if not Path(path).exists():
+        return
+    if Path(path).read_text() != render_dvc_yaml(params):
         raise ParamsError(f"{path} is out of date with params.yaml (a source or merge was added or removed): "
                           f"run `python -m workflow dvc-yaml`")
+    missing = missing_keys(params, yaml.safe_load(Path(params_file).read_text()))
+    if missing:
+        raise ParamsError(f"{params_file}: DVC tracks keys the file leaves to their defaults ({', '.join(missing[:6])}"
+                          f"{', ...' if len(missing) > 6 else ''}): run `python -m workflow dvc-yaml` to write them")
