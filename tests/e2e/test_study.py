@@ -12,7 +12,7 @@ import pytest
 import yaml
 
 from tests.conftest import TINY_PARAMS, copy_repo, run
-from workflow import paths
+from workflow import dag, paths
 from workflow.params import load_params
 
 pytestmark = pytest.mark.slow
@@ -45,11 +45,10 @@ def edit_params(repo: Path, edit) -> None:
 
 @pytest.fixture(scope="module")
 def study(tmp_path_factory) -> Path:
-    """Run the tiny study with Snakemake, then record it in DVC (what `make run` does)."""
+    """`make run` on the tiny study: Snakemake runs it, DVC records it."""
     repo = copy_repo(tmp_path_factory.mktemp("study"), TINY_PARAMS)
-    run([sys.executable, "-m", "workflow", "dvc-yaml"], repo)
-    snakemake(repo)
-    dvc(repo, "commit", "--force", "--quiet")
+    out = run(["make", "run", f"VENV={Path(sys.executable).parent.parent}", "CORES=2"], repo).stdout
+    assert f"report: {repo}/reports/summary.md" in out
     return repo
 
 
@@ -85,9 +84,11 @@ def test_curation_edit_reruns_everything_downstream(study):
         params = load_params(study / "params.yaml")
         everything = {paths.curated_dir(s) for s in params.sources} | {paths.tokenizer_dir(), paths.report_dir()}
         assert everything <= scheduled(study)
-        assert len(scheduled(study)) == 1 + 1 + len(params.sources) * 2 + len(params.trunk.checkpoints) \
-            + len(params.decays) + len(params.merges) + len(params.model_ids())
-        assert dvc_changed(study) == {f"curate-{s}" for s in params.sources}
+        curate_jobs = {s: [*dag.curate_parts(params, s), "split", "gather"] for s in params.sources}
+        assert len(scheduled(study)) == 1 + 1 + sum(len(j) for j in curate_jobs.values()) + len(params.sources) \
+            + len(params.trunk.checkpoints) + len(params.decays) + len(params.merges) + len(params.model_ids())
+        assert dvc_changed(study) == {f"curate-{s}" for s in params.sources} | {f"curate-split-{s}" for s in params.sources} \
+            | {f"curate-shard-{s}-{p}" for s in params.sources for p in dag.curate_parts(params, s)}
     finally:
         (study / "params.yaml").write_text(before)
         run([sys.executable, "-m", "workflow", "dvc-yaml"], study)
