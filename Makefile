@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed-stamp
 CORES ?= all
 export PATH := $(abspath $(BIN)):$(PATH)
 
-.PHONY: install run dag dvc.yaml test test-fast bench clean help
+.PHONY: install run study dag dvc.yaml test test-fast bench clean help
 
 help:  ## list targets
 	@grep -E '^[a-z.-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
@@ -23,9 +23,11 @@ install: $(STAMP)  ## create .venv (if missing) and install arbor with its test 
 dvc.yaml: params.yaml $(STAMP)  ## regenerate dvc.yaml from params.yaml (only rewrites on change)
 	$(PY) -m workflow dvc-yaml
 
-run: install  ## run the whole default study with Snakemake, record it in DVC, print the report path
-	$(PY) -m workflow check
+run: install study  ## set up, then run the whole default study
+
+study:  ## run the study in params.yaml with Snakemake, record it in DVC, print the report path
 	$(PY) -m workflow dvc-yaml
+	$(PY) -m workflow check
 	$(BIN)/snakemake --profile profiles/local --cores $(CORES)
 	$(BIN)/dvc commit --force --quiet
 	@# dvc commit re-links outputs into its cache; re-stamp them so Snakemake sees them up to date too

@@ -45,9 +45,9 @@ def edit_params(repo: Path, edit) -> None:
 
 @pytest.fixture(scope="module")
 def study(tmp_path_factory) -> Path:
-    """`make run` on the tiny study: Snakemake runs it, DVC records it."""
+    """`make study` (what `make run` runs after installing) on the tiny study: Snakemake runs it, DVC records it."""
     repo = copy_repo(tmp_path_factory.mktemp("study"), TINY_PARAMS)
-    out = run(["make", "run", f"VENV={Path(sys.executable).parent.parent}", "CORES=2"], repo).stdout
+    out = run(["make", "study", f"VENV={Path(sys.executable).parent.parent}", "CORES=2"], repo).stdout
     assert f"report: {repo}/reports/summary.md" in out
     return repo
 
