@@ -11,8 +11,10 @@ import importlib
 import sys
 import time
 
+from workflow.errors import StageError
 from workflow.params import Params, ParamsError, load_params
 
+EXIT_STAGE_ERROR = 1
 EXIT_BAD_PARAMS = 2
 
 
@@ -107,6 +109,9 @@ def main(argv: list[str] | None = None) -> None:
     except ParamsError as err:
         print(f"error: {err}", file=sys.stderr)
         sys.exit(EXIT_BAD_PARAMS)
+    except (StageError, FileNotFoundError) as err:  # a missing or unusable input: say which, no traceback
+        print(f"error: [{args.command}] {err}", file=sys.stderr)
+        sys.exit(EXIT_STAGE_ERROR)
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         sys.exit(130)
