@@ -5,22 +5,29 @@ from __future__ import annotations
 import gzip
 import hashlib
 import json
+import shutil
 from pathlib import Path
 
 import pytest
 import zstandard
 
 from workflow import curate, paths
+from workflow.curate import common
 from workflow.io import read_json, read_jsonl
 from workflow.params import ParamsError, parse_params
 
+STEPS_OFF = {"ftfy": False, "language": None, "gopher_repetition": None, "gopher_quality": None, "c4": None,
+             "fineweb": None, "pii": None}
 
-def make_params(paths_=("raw/*.jsonl*",), **curation):
-    cfg = {"min_chars": 10, "heldout_fraction": 0.3, "shard_docs": 3, **curation}
+
+def make_params(paths_=("raw/*.jsonl*",), sources=None, eval_files=(), **curation):
+    cfg = {"min_chars": 10, "heldout_fraction": 0.3, "shard_docs": 3, "steps": STEPS_OFF, "near_dedup": None,
+           "decontamination": None, **curation}
     return parse_params({
-        "sources": {"web": {"paths": list(paths_), "domain": "web"}},
+        "sources": sources or {"web": {"paths": list(paths_), "domain": "web"}},
         "curation": cfg,
         "trunk": {"checkpoints": [10]},
+        "eval": {"decontaminate_files": list(eval_files)},
     })
 
 
@@ -50,6 +57,7 @@ MALFORMED = {
     "too_large": [doc("y" * 300)],
     "not_object": [b"[1, 2, 3]"],
     "blank_line": [b"   "],
+    "binary_junk": [bytes(b for b in range(256) if b != 10)],  # counted as invalid_utf8
 }
 
 
@@ -66,67 +74,86 @@ def corpus(tmp_path, monkeypatch):
     return tmp_path
 
 
-def load_split(split: str) -> list[dict]:
-    root = Path(paths.curated_dir("web"))
+def load_split(split: str, source: str = "web") -> list[dict]:
+    root = Path(paths.curated_dir(source))
     root = root if split == "train" else root / "heldout"
     return [r for p in sorted(root.glob("part-*.jsonl.zst")) for r in read_jsonl(p)]
 
 
+def stats_of(source: str = "web") -> dict:
+    return read_json(Path(paths.curated_dir(source)) / "stats.json")
+
+
+def tree_digest(root: Path) -> dict[str, str]:
+    return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
 def test_accounting_and_malformed(corpus, capsys):
     curate.run(make_params(max_doc_bytes=200), "web")
-    stats = read_json(Path(paths.curated_dir("web")) / "stats.json")
-    for reason, lines in MALFORMED.items():
-        assert stats["invalid"].get(reason) == len(lines), reason
+    stats = stats_of()
+    expected = {k: len(v) for k, v in MALFORMED.items() if k != "binary_junk"}
+    expected["invalid_utf8"] += 1
+    assert stats["invalid"] == expected
+    assert stats["invalid_examples"]["bad_json"] == ["raw/a.jsonl.zst:21", "raw/a.jsonl.zst:22"]
     assert stats["dropped"] == {"min_chars": 1}
     assert stats["duplicates"] == {"exact": 2, "near": 0}
     assert stats["decontaminated"] == 0
     n_valid = len(VALID) + 2 + 2 + 1  # + NFC doc, CRLF doc + duplicates + short
     assert stats["docs_in"] == n_valid + sum(len(v) for v in MALFORMED.values())
-    assert n_valid == stats["docs_out"] + stats["heldout_docs"] + 1 + 2
+    # every valid line survives or is dropped by a named filter / dedup
+    assert n_valid == stats["docs_out"] + stats["heldout_docs"] + sum(stats["dropped"].values()) + 2
     train, heldout = load_split("train"), load_split("heldout")
     assert len(train) == stats["docs_out"] and len(heldout) == stats["heldout_docs"]
     assert 0 < len(heldout) < len(train)
     texts = [r["text"] for r in train + heldout]
-    # every valid doc survives once, NFC- and newline-normalised
     assert sorted(texts) == sorted(VALID + ["Caf\u00e9 " * 5, "line one\nline two\nline three"])
     assert all(r["domain"] == "web" and r["id"] for r in train + heldout)
     assert len({r["id"] for r in train + heldout}) == len(texts)
     assert stats["bytes_out"] == sum(len(r["text"].encode()) for r in train)
-    # shards hold shard_docs each
     assert len(list(Path(paths.curated_dir("web")).glob("part-*.jsonl.zst"))) == -(-len(train) // 3)
-    err = capsys.readouterr().err
-    assert "raw/a.jsonl.zst:" in err and "(bad_json)" in err
+    out = capsys.readouterr()
+    assert "raw/a.jsonl.zst:" in out.err and "(bad_json)" in out.err
+    assert "curate web: " in out.out  # one-line summary
 
 
 def test_heldout_is_by_content_and_deterministic(corpus):
     curate.run(make_params(), "web")
     heldout = {r["text"] for r in load_split("heldout")}
-    expected = {t for t in VALID if curate.is_heldout(curate.text_digest(t), 0.3)}
-    assert heldout == expected
+    assert heldout == {t for t in VALID if curate.is_heldout(curate.text_digest(t), 0.3)}
 
 
-def test_rerun_is_byte_identical(corpus):
+def test_rerun_and_killed_run_are_byte_identical(corpus, monkeypatch):
     root = Path(paths.curated_dir("web"))
-
-    def digest():
-        return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
-                for p in sorted(root.rglob("*")) if p.is_file()}
-
     curate.run(make_params(), "web")
-    first = digest()
+    first = tree_digest(root)
+    curate.run(make_params(), "web")  # reuses the intermediates
+    assert tree_digest(root) == first
+    shutil.rmtree(paths.ARTIFACTS)
+
+    calls = {"n": 0}
+    real_write = common.JsonlZst.write
+
+    def dying_write(self, record):
+        calls["n"] += 1
+        if calls["n"] == 25:  # inside the third shard
+            raise KeyboardInterrupt
+        real_write(self, record)
+
+    monkeypatch.setattr(common.JsonlZst, "write", dying_write)
+    with pytest.raises(KeyboardInterrupt):
+        curate.run(make_params(), "web")
+    assert not root.exists()
+    monkeypatch.setattr(common.JsonlZst, "write", real_write)
     curate.run(make_params(), "web")
-    assert digest() == first
-    assert not list(root.parent.glob("web.tmp-*")) and not list(root.parent.glob("web.old-*"))
+    assert tree_digest(root) == first
+    leftovers = [p for p in Path(paths.ARTIFACTS).rglob("*") if ".tmp-" in p.name or ".old-" in p.name]
+    assert not leftovers
 
 
 def test_id_key_and_meta(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     write_lines(tmp_path / "raw/a.jsonl", [doc(VALID[0], uid="doc-1", meta={"lang": "en"}), doc(VALID[1])])
-    params = parse_params({
-        "sources": {"web": {"paths": ["raw/*.jsonl"], "domain": "web", "id_key": "uid"}},
-        "curation": {"heldout_fraction": 0.0, "min_chars": 10},
-        "trunk": {"checkpoints": [10]},
-    })
+    params = make_params(sources={"web": {"paths": ["raw/*.jsonl"], "domain": "web", "id_key": "uid"}}, heldout_fraction=0.0)
     curate.run(params, "web")
     recs = load_split("train")
     assert recs[0]["id"] == "doc-1" and recs[0]["meta"]["lang"] == "en"
@@ -135,16 +162,35 @@ def test_id_key_and_meta(tmp_path, monkeypatch):
     assert load_split("heldout") == []
 
 
+def test_parquet_and_text_key(tmp_path, monkeypatch):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "raw").mkdir()
+    pq.write_table(pa.table({"body": [VALID[0], None, VALID[1], ""], "n": [1, 2, 3, 4]}), tmp_path / "raw/a.parquet")
+    params = make_params(sources={"web": {"paths": ["raw/*.parquet"], "domain": "web", "text_key": "body"}}, heldout_fraction=0.0)
+    curate.run(params, "web")
+    assert [r["text"] for r in load_split("train")] == VALID[:2]
+    assert stats_of()["invalid"] == {"empty_text": 1, "null_text": 1}
+
+
 def test_missing_paths_raise_params_error(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     with pytest.raises(ParamsError, match=r"sources\.web\.paths"):
         curate.run(make_params(paths_=("nowhere/*.jsonl.zst",)), "web")
-    assert not Path(paths.curated_dir("web")).exists()
+    assert not Path(paths.ARTIFACTS).exists()
+
+
+def test_missing_eval_file_is_an_error_before_work(corpus):
+    with pytest.raises(ParamsError, match=r"eval\.decontaminate_files\.0"):
+        curate.run(make_params(eval_files=["nope.jsonl"], decontamination={}), "web")
+    assert not Path(paths.ARTIFACTS).exists()
 
 
 def test_no_dedup_keeps_duplicates(corpus):
     curate.run(make_params(exact_dedup=False, max_doc_bytes=200), "web")
-    stats = read_json(Path(paths.curated_dir("web")) / "stats.json")
+    stats = stats_of()
     assert stats["duplicates"]["exact"] == 0
     assert stats["docs_out"] + stats["heldout_docs"] == len(VALID) + 2 + 2
 
@@ -156,7 +202,7 @@ def test_truncated_file_counted_not_fatal(tmp_path, monkeypatch):
     (tmp_path / "raw/a.jsonl.zst").write_bytes(data[: len(data) // 2])  # killed download
     write_lines(tmp_path / "raw/b.jsonl", [doc(VALID[0] + " extra words")])
     curate.run(make_params(), "web")
-    stats = read_json(Path(paths.curated_dir("web")) / "stats.json")
+    stats = stats_of()
     assert stats["invalid"].get("unreadable_file") == 1
     kept = stats["docs_out"] + stats["heldout_docs"]
     assert 1 <= kept < len(VALID) + 1
@@ -166,3 +212,12 @@ def test_truncated_file_counted_not_fatal(tmp_path, monkeypatch):
 def test_unknown_source(corpus):
     with pytest.raises(ParamsError, match=r"sources\.nope"):
         curate.run(make_params(), "nope")
+
+
+def test_stage_commands_need_their_inputs(corpus):
+    from workflow.curate import gather, split
+
+    with pytest.raises(FileNotFoundError, match="curate-shard"):
+        split.run(make_params(), "web")
+    with pytest.raises(FileNotFoundError, match="curate-shard"):
+        gather.run(make_params(), "web")

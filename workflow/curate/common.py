@@ -1,0 +1,94 @@
+"""Shared by the curate stages: zstd JSON-lines writers, intermediate fingerprints, stats files."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import IO, Any
+
+import xxhash
+import zstandard
+
+from workflow.params import Params
+
+SHARD_NAME = "part-{:05d}.jsonl.zst"
+ZSTD_LEVEL = 10
+STATS = "stats.json"
+# Labels written by curate-split, one per document of a shard (labels-NNNNN.npy).
+TRAIN, HELDOUT, EXACT_DUP, NEAR_DUP = 0, 1, 2, 3
+
+
+class JsonlZst:
+    """Streams records into one zstd JSON-lines file (fsync'd on close)."""
+
+    def __init__(self, path: Path):
+        self._raw: IO[bytes] = open(path, "wb")
+        self._zf = zstandard.ZstdCompressor(level=ZSTD_LEVEL).stream_writer(self._raw, closefd=False)
+
+    def write(self, record: dict) -> None:
+        self._zf.write(json.dumps(record, ensure_ascii=False).encode("utf-8") + b"\n")
+
+    def close(self) -> None:
+        self._zf.close()
+        self._raw.flush()
+        os.fsync(self._raw.fileno())
+        self._raw.close()
+
+
+class ShardWriter:
+    """Streams records into `<dir>/part-NNNNN.jsonl.zst`, `shard_docs` each; at least one shard."""
+
+    def __init__(self, directory: Path, shard_docs: int):
+        self.dir, self.shard_docs = Path(directory), shard_docs
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.shard, self.in_shard, self.docs, self.bytes = 0, 0, 0, 0
+        self._out = JsonlZst(self.dir / SHARD_NAME.format(0))
+
+    def write(self, record: dict) -> None:
+        if self.in_shard >= self.shard_docs:
+            self._out.close()
+            self.shard, self.in_shard = self.shard + 1, 0
+            self._out = JsonlZst(self.dir / SHARD_NAME.format(self.shard))
+        self._out.write(record)
+        self.in_shard += 1
+        self.docs += 1
+        self.bytes += len(record["text"].encode("utf-8"))
+
+    def close(self) -> None:
+        self._out.close()
+
+
+def file_fingerprint(path: str) -> str:
+    """Content hash of an input file (xxh3-128; reads at memory speed)."""
+    from workflow.curate.readers import _open_raw
+
+    h = xxhash.xxh3_128()
+    with _open_raw(path) as f:
+        while chunk := f.read(1 << 22):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def fingerprint(*parts: Any) -> str:
+    return xxhash.xxh3_128_hexdigest(json.dumps(parts, sort_keys=True, default=str).encode())
+
+
+def source_settings(params: Params, source: str) -> dict:
+    """What a source's curation depends on in params (the engines track `sources.<s>` and `curation`)."""
+    return {"source": params.sources[source].model_dump(mode="json"), "curation": params.curation.model_dump(mode="json")}
+
+
+def read_stats(directory: str | Path) -> dict | None:
+    path = Path(directory) / STATS
+    if not path.is_file():
+        return None
+    with open(path) as f:
+        return json.load(f)
+
+
+def require_stats(directory: str | Path, command: str) -> dict:
+    stats = read_stats(directory)
+    if stats is None:
+        raise FileNotFoundError(f"{directory}/{STATS} is missing: run `python -m workflow {command}` first")
+    return stats

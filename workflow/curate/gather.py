@@ -1,0 +1,120 @@
+"""curate (the gather step): decontaminate one source's training documents and write its output.
+
+    artifacts/curated/<source>/
+        part-*.jsonl.zst           training documents {id, domain, text, meta}
+        heldout/part-*.jsonl.zst   the held-out split (copied from curate-split)
+        stats.json                 docs_in, docs_out, bytes_in, bytes_out, heldout_*, invalid, dropped,
+                                   duplicates {exact, near}, decontaminated; no timings (byte-identical reruns)
+
+Reads the source's shards and split, every source's held-out split (decontamination) and
+`eval.decontaminate_files`. Accounting invariant, checked before writing:
+    docs_in = invalid + dropped + duplicates + decontaminated + heldout_docs + docs_out
+"""
+
+from __future__ import annotations
+
+import glob
+import shutil
+import sys
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+
+from workflow import paths
+from workflow.curate.common import STATS, TRAIN, ShardWriter, require_stats
+from workflow.curate.decont import NGramIndex, eval_file_texts
+from workflow.curate.split import shard_dirs
+from workflow.io import atomic_dir, read_jsonl, write_json
+from workflow.params import Params, ParamsError
+
+
+def decont_sources(params: Params) -> list[str]:
+    """Sources whose held-out splits every source's training data is decontaminated against."""
+    d = params.curation.decontamination
+    return list(params.sources) if d and d.heldout else []
+
+
+def check_eval_files(params: Params) -> None:
+    for i, f in enumerate(params.eval.decontaminate_files):
+        if not Path(f).is_file():
+            raise ParamsError(f"eval.decontaminate_files.{i}: '{f}' is not a file (relative to the repo root)")
+
+
+def build_index(params: Params) -> NGramIndex | None:
+    d = params.curation.decontamination
+    if d is None:
+        return None
+    index = NGramIndex(d.ngram)
+    for s in decont_sources(params):
+        for shard in sorted(glob.glob(f"{paths.curate_split_dir(s)}/heldout/part-*.jsonl.zst")):
+            index.add(rec["text"] for rec in read_jsonl(shard))
+    for f in params.eval.decontaminate_files:
+        index.add(eval_file_texts(f))
+    return index
+
+
+def _sum_counters(items: list[dict]) -> dict:
+    total: Counter = Counter()
+    for item in items:
+        total.update(item)
+    return dict(sorted(total.items()))
+
+
+def run(params: Params, source: str) -> None:
+    """Write `paths.curated_dir(source)` (atomic, deterministic) from the curate-shard/-split outputs."""
+    check_eval_files(params)
+    src, cfg = params.sources[source], params.curation
+    dirs = shard_dirs(params, source)
+    shard_stats = [require_stats(d, f"curate-shard --source {source}") for d in dirs]
+    split_dir = Path(paths.curate_split_dir(source))
+    split_stats = require_stats(split_dir, f"curate-split --source {source}")
+    for s in decont_sources(params):
+        require_stats(paths.curate_split_dir(s), f"curate-split --source {s}")
+    index = build_index(params)
+    decontaminated = 0
+    with atomic_dir(paths.curated_dir(source)) as tmp:
+        shutil.copytree(split_dir / "heldout", tmp / "heldout")
+        writer = ShardWriter(tmp, cfg.shard_docs)
+        try:
+            for k, d in enumerate(dirs):
+                labels = np.load(split_dir / f"labels-{k:05d}.npy")
+                for i, rec in enumerate(read_jsonl(Path(d) / "docs.jsonl.zst")):
+                    if labels[i] != TRAIN:
+                        continue
+                    if index is not None and index.contaminated(rec["text"]):
+                        decontaminated += 1
+                        continue
+                    writer.write({"id": rec["id"], "domain": src.domain, "text": rec["text"], "meta": rec["meta"]})
+        finally:
+            writer.close()
+        examples: dict[str, list[str]] = {}
+        for s in shard_stats:
+            for reason, where in s["invalid_examples"].items():
+                examples[reason] = (examples.get(reason, []) + where)[:5]
+        stats = {
+            "source": source, "domain": src.domain, "files": [s["file"] for s in shard_stats],
+            "docs_in": sum(s["docs_in"] for s in shard_stats), "docs_out": writer.docs,
+            "heldout_docs": split_stats["heldout_docs"],
+            "bytes_in": sum(s["bytes_in"] for s in shard_stats), "bytes_out": writer.bytes,
+            "heldout_bytes": split_stats["heldout_bytes"],
+            "invalid": _sum_counters([s["invalid"] for s in shard_stats]), "invalid_examples": dict(sorted(examples.items())),
+            "dropped": _sum_counters([s["dropped"] for s in shard_stats]),
+            "dropped_reasons": _sum_counters([s["dropped_reasons"] for s in shard_stats]),
+            "duplicates": split_stats["duplicates"], "decontaminated": decontaminated,
+        }
+        accounted = (sum(stats["invalid"].values()) + sum(stats["dropped"].values()) + sum(stats["duplicates"].values())
+                     + decontaminated + stats["heldout_docs"] + stats["docs_out"])
+        assert accounted == stats["docs_in"], f"curate accounting: {accounted} != docs_in {stats['docs_in']}"
+        write_json(tmp / STATS, stats)
+    if stats["docs_out"] == 0:
+        print(f"curate {source}: WARNING no training documents survived; see {paths.curated_dir(source)}/{STATS}", file=sys.stderr)
+    print(summary(source, stats))
+
+
+def summary(source: str, s: dict) -> str:
+    return (f"curate {source}: {s['docs_in']:,} in -> {s['docs_out']:,} train + {s['heldout_docs']:,} heldout; "
+            f"invalid {sum(s['invalid'].values()):,}, dropped {sum(s['dropped'].values()):,} {s['dropped']}, "
+            f"duplicates {s['duplicates']['exact']:,} exact + {s['duplicates']['near']:,} near, "
+            f"decontaminated {s['decontaminated']:,}; {s['bytes_in'] / 1e6:.1f} MB in, "
+            f"{(s['bytes_out'] + s['heldout_bytes']) / 1e6:.1f} MB out -> {paths.curated_dir(source)}")

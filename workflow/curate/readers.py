@@ -1,0 +1,237 @@
+"""Readers: raw files -> valid `Document`s, every other line counted under a named reason.
+
+Formats by extension: `.jsonl`/`.json` (optionally `.gz`/`.zst`) and `.parquet`. Paths are local
+globs or fsspec URLs (`file://`, `s3://`, ... whatever fsspec has a filesystem for). A document
+without an id gets a stable one: a hash of source, path and line.
+"""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import json
+import os
+import sys
+from collections import Counter
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import IO
+
+import zstandard
+from datatrove.data import Document
+
+from workflow.params import Params, ParamsError
+
+LOG_SAMPLES = 5  # offending lines logged (and kept in stats.json) per invalid reason
+
+
+def _is_url(path: str) -> bool:
+    return "://" in path
+
+
+def expand_paths(params: Params, source: str) -> list[str]:
+    """`dag.source_files` (sorted, shard order); ParamsError when a pattern matches no file."""
+    from workflow.dag import match_pattern, source_files
+
+    if source not in params.sources:
+        raise ParamsError(f"sources.{source}: unknown source; declared sources are {sorted(params.sources)}")
+    for i, pattern in enumerate(params.sources[source].paths):
+        if not match_pattern(pattern):
+            raise ParamsError(f"sources.{source}.paths.{i}: pattern '{pattern}' matches no file "
+                              f"(relative to {os.getcwd()}); fix the glob or create the data")
+    return source_files(params, source)
+
+
+def display_path(path: str) -> str:
+    if _is_url(path):
+        return path
+    rel = os.path.relpath(path)
+    return Path(rel if not rel.startswith("..") else os.path.abspath(path)).as_posix()
+
+
+class InvalidLog:
+    """Counts invalid inputs per reason; the first few of each go to stderr and to `examples`."""
+
+    def __init__(self, source: str):
+        self.source = source
+        self.counts: Counter = Counter()
+        self.examples: dict[str, list[str]] = {}
+
+    def __call__(self, reason: str, where: str, detail: str = "") -> None:
+        self.counts[reason] += 1
+        if self.counts[reason] <= LOG_SAMPLES:
+            self.examples.setdefault(reason, []).append(where)
+            print(f"curate {self.source}: invalid ({reason}) at {where}{': ' + detail if detail else ''}", file=sys.stderr)
+
+
+class TruncatedInput(Exception):
+    """A compressed input ends in the middle of a frame."""
+
+
+def _zst_chunks(raw: IO[bytes], chunk_size: int = 1 << 20) -> Iterator[bytes]:
+    """Decompressed chunks of a (multi-frame) zstd file; raises TruncatedInput on a cut frame
+    (zstandard's stream_reader returns a silent EOF there)."""
+    dctx = zstandard.ZstdDecompressor()
+    dobj = dctx.decompressobj()
+    in_frame = False
+    while chunk := raw.read(chunk_size):
+        while chunk:
+            in_frame = True
+            out = dobj.decompress(chunk)
+            if out:
+                yield out
+            if not dobj.eof:
+                break
+            chunk, in_frame = dobj.unused_data, False
+            dobj = dctx.decompressobj()
+    if in_frame:
+        raise TruncatedInput("zstd stream ends inside a frame (truncated file?)")
+
+
+def _lines(chunks: Iterator[bytes]) -> Iterator[bytes]:
+    pending: list[bytes] = []  # pieces of a line spanning chunks (no quadratic re-joining)
+    for chunk in chunks:
+        if b"\n" not in chunk:
+            pending.append(chunk)
+            continue
+        parts = chunk.split(b"\n")
+        pending.append(parts[0])
+        yield b"".join(pending) + b"\n"
+        for part in parts[1:-1]:
+            yield part + b"\n"
+        pending = [parts[-1]] if parts[-1] else []
+    if pending and any(pending):
+        yield b"".join(pending)
+
+
+def _open_raw(path: str) -> IO[bytes]:
+    if _is_url(path):
+        import fsspec
+
+        return fsspec.open(path, "rb").open()
+    return open(path, "rb")
+
+
+def file_size(path: str) -> int:
+    if _is_url(path):
+        import fsspec
+
+        fs, p = fsspec.core.url_to_fs(path)
+        return int(fs.size(p))
+    return os.path.getsize(path)
+
+
+def _json_lines(path: str) -> tuple[Iterator[bytes], IO[bytes]]:
+    raw = _open_raw(path)
+    if path.endswith(".zst"):
+        return _lines(_zst_chunks(raw)), raw
+    if path.endswith(".gz"):
+        return iter(gzip.GzipFile(fileobj=raw, mode="rb")), raw
+    return iter(raw), raw
+
+
+def _parquet_records(path: str, text_key: str, id_key: str | None) -> Iterator[dict]:
+    import pyarrow.parquet as pq
+
+    with _open_raw(path) as raw:
+        pf = pq.ParquetFile(raw)
+        names = set(pf.schema_arrow.names)
+        columns = [c for c in (text_key, id_key, "meta") if c and c in names]
+        for batch in pf.iter_batches(batch_size=1024, columns=columns or None):
+            yield from batch.to_pylist()
+
+
+class Reader:
+    """Yields the valid documents of one file; counts everything else under `invalid`.
+
+    Invalid reasons: blank_line, invalid_utf8, bad_json, not_object, missing_text, null_text,
+    non_string_text, empty_text, too_large, unreadable_file (a truncated or corrupt file: what
+    was read is kept, the rest counts once).
+    """
+
+    def __init__(self, source: str, text_key: str, id_key: str | None, max_doc_bytes: int, invalid: InvalidLog):
+        self.source, self.text_key, self.id_key, self.max_doc_bytes = source, text_key, id_key, max_doc_bytes
+        self.invalid = invalid
+        self.docs_in = 0
+        self.bytes_in = 0
+
+    def read(self, path: str, progress: Callable[[int], None] = lambda n: None) -> Iterator[Document]:
+        shown = display_path(path)
+        lineno = 0
+        try:
+            if path.endswith(".parquet"):
+                for lineno, record in enumerate(_parquet_records(path, self.text_key, self.id_key), start=1):
+                    self.docs_in += 1
+                    doc = self._document(record, shown, lineno)
+                    if doc is not None:
+                        self.bytes_in += len(doc.text.encode("utf-8"))
+                        yield doc
+            else:
+                lines, raw = _json_lines(path)
+                done = 0
+                with raw:
+                    for lineno, line in enumerate(lines, start=1):
+                        self.docs_in += 1
+                        self.bytes_in += len(line)
+                        if lineno % 256 == 0 and hasattr(raw, "tell"):
+                            pos = raw.tell()
+                            progress(pos - done)
+                            done = pos
+                        doc = self._parse(line, shown, lineno)
+                        if doc is not None:
+                            yield doc
+        except (TruncatedInput, zstandard.ZstdError, EOFError, OSError, ValueError) as err:
+            self.docs_in += 1
+            self.invalid("unreadable_file", f"{shown}:{lineno + 1}", f"{type(err).__name__}: {err}")
+        progress(0)
+
+    def _parse(self, line: bytes, shown: str, lineno: int) -> Document | None:
+        where = f"{shown}:{lineno}"
+        if not line.strip():
+            self.invalid("blank_line", where)
+            return None
+        try:
+            decoded = line.decode("utf-8")
+        except UnicodeDecodeError as err:
+            self.invalid("invalid_utf8", where, str(err))
+            return None
+        try:
+            record = json.loads(decoded)
+        except ValueError as err:
+            self.invalid("bad_json", where, str(err))
+            return None
+        if not isinstance(record, dict):
+            self.invalid("not_object", where, f"got {type(record).__name__}")
+            return None
+        return self._document(record, shown, lineno)
+
+    def _document(self, record: dict, shown: str, lineno: int) -> Document | None:
+        where, key = f"{shown}:{lineno}", self.text_key
+        if key not in record:
+            self.invalid("missing_text", where, f"no key '{key}'")
+            return None
+        text = record[key]
+        if text is None:
+            self.invalid("null_text", where)
+            return None
+        if not isinstance(text, str):
+            self.invalid("non_string_text", where, f"'{key}' is {type(text).__name__}")
+            return None
+        if not text.strip():
+            self.invalid("empty_text", where)
+            return None
+        try:
+            size = len(text.encode("utf-8"))
+        except UnicodeEncodeError as err:  # lone surrogates from "\ud800"-style escapes
+            self.invalid("invalid_utf8", where, str(err))
+            return None
+        if size > self.max_doc_bytes:
+            self.invalid("too_large", where, f"{size} bytes > curation.max_doc_bytes={self.max_doc_bytes}")
+            return None
+        doc_id = record.get(self.id_key) if self.id_key else None
+        if doc_id is None or isinstance(doc_id, (dict, list)):
+            doc_id = hashlib.sha1(f"{self.source}\0{shown}\0{lineno}".encode()).hexdigest()[:20]
+        meta = record.get("meta")
+        meta = dict(meta) if isinstance(meta, dict) else {}
+        meta["origin"] = where
+        return Document(text=text, id=str(doc_id), metadata={"meta": meta})

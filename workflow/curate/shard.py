@@ -1,0 +1,95 @@
+"""curate-shard: one input file -> documents that pass the per-document pipeline.
+
+    artifacts/.curate/<source>/shard-<part>/
+        docs.jsonl.zst   surviving documents {id, text, meta}, in input order
+        digests.npy      (N, 16) uint8 content digests (exact dedup, held-out split)
+        minhash.npy      (N, buckets*hashes) uint32 MinHash signatures (when near_dedup is on)
+        stats.json       docs_in, bytes_in, invalid, dropped (+ reasons), fingerprint
+
+`part` indexes the sorted matches of `sources.<source>.paths`. Memory is bounded by the shard's
+surviving-document count (16 + 448 bytes each), never by the corpus.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+
+from workflow import paths
+from workflow.curate.blocks import Pipeline, build_steps
+from workflow.curate.common import STATS, JsonlZst, file_fingerprint, fingerprint, source_settings
+from workflow.curate.dedup import MinHasher, text_digest
+from workflow.curate.readers import InvalidLog, Reader, display_path, expand_paths, file_size
+from workflow.io import atomic_dir, write_json
+from workflow.params import Params, ParamsError
+
+
+def shard_fingerprint(params: Params, source: str, path: str) -> str:
+    return fingerprint("shard", source_settings(params, source), display_path(path), file_fingerprint(path))
+
+
+def curate_file(params: Params, source: str, path: str, out: Path, progress: bool = True) -> dict:
+    """Filter one file into `out` (an existing empty directory); returns the shard's stats."""
+    src, cfg = params.sources[source], params.curation
+    pipeline = Pipeline(build_steps(cfg, src.curation_steps(cfg)))
+    hasher = MinHasher(cfg.near_dedup) if cfg.near_dedup else None
+    invalid = InvalidLog(source)
+    reader = Reader(source, src.text_key, src.id_key, cfg.max_doc_bytes, invalid)
+    dropped: Counter = Counter()
+    reasons: Counter = Counter()
+    digests: list[bytes] = []
+    signatures: list[np.ndarray] = []
+    from tqdm import tqdm
+
+    bar = tqdm(total=file_size(path), unit="B", unit_scale=True, unit_divisor=1024, file=sys.stderr,
+               desc=f"curate {source} {display_path(path)}", disable=None if progress else True, mininterval=1.0)
+    writer = JsonlZst(out / "docs.jsonl.zst")
+    try:
+        for doc in reader.read(path, bar.update):
+            verdict = pipeline(doc)
+            if verdict is not None:
+                dropped[verdict[0]] += 1
+                reasons[f"{verdict[0]}/{verdict[1]}"] += 1
+                continue
+            meta = doc.metadata["meta"]
+            if "language" in doc.metadata:
+                meta["language"] = doc.metadata["language"]
+                meta["language_score"] = round(doc.metadata["language_score"], 4)
+            digests.append(text_digest(doc.text))
+            if hasher:
+                signatures.append(hasher.signature(doc.text))
+            writer.write({"id": doc.id, "text": doc.text, "meta": meta})
+    finally:
+        writer.close()
+        bar.close()
+    np.save(out / "digests.npy", np.frombuffer(b"".join(digests), dtype=np.uint8).reshape(-1, 16))
+    if hasher:
+        width = cfg.near_dedup.buckets * cfg.near_dedup.hashes_per_bucket
+        np.save(out / "minhash.npy", np.stack(signatures) if signatures else np.zeros((0, width), dtype=np.uint32))
+    return {
+        "file": display_path(path),
+        "docs_in": reader.docs_in,
+        "bytes_in": reader.bytes_in,
+        "docs": len(digests),
+        "invalid": dict(sorted(invalid.counts.items())),
+        "invalid_examples": dict(sorted(invalid.examples.items())),
+        "dropped": dict(sorted(dropped.items())),
+        "dropped_reasons": dict(sorted(reasons.items())),
+    }
+
+
+def run(params: Params, source: str, part: int) -> None:
+    """Write `paths.curate_shard_dir(source, part)` (atomic, deterministic)."""
+    files = expand_paths(params, source)
+    if not 0 <= part < len(files):
+        raise ParamsError(f"sources.{source}.paths: part {part} does not exist (the patterns match {len(files)} files)")
+    path = files[part]
+    with atomic_dir(paths.curate_shard_dir(source, part)) as tmp:
+        stats = curate_file(params, source, path, tmp)
+        stats["fingerprint"] = shard_fingerprint(params, source, path)
+        write_json(tmp / STATS, stats)
+    print(f"curate-shard {source} {stats['file']}: {stats['docs_in']:,} in -> {stats['docs']:,} kept; "
+          f"invalid {sum(stats['invalid'].values()):,}, dropped {stats['dropped']}")
