@@ -1,3 +1,22 @@
+# Data of the local lm-eval tasks (workflow/tasks/), built from the held-out split; evaluate reads it
+# when eval.tasks lists a local task.
+rule eval_tasks:
+    input:
+        eval_tasks_inputs,
+    output:
+        directory(paths.tasks_dir()),
+    params:
+        tracked=tracked("eval_tasks"),
+    log:
+        "logs/eval_tasks/eval_tasks.log",
+    benchmark:
+        "benchmarks/eval_tasks/eval_tasks.tsv"
+    conda:
+        CPU_ENV
+    shell:
+        "python -m workflow eval-tasks > {log} 2>&1"
+
+
 rule evaluate:
     input:
         evaluate_inputs,
@@ -9,7 +28,9 @@ rule evaluate:
         "logs/evaluate/{model}.log",
     benchmark:
         "benchmarks/evaluate/{model}.tsv"
-    threads: 1
+    threads: stage_threads("evaluate")
+    resources:
+        **stage_resources("evaluate"),
     conda:
         CPU_ENV
     shell:

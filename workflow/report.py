@@ -1,12 +1,20 @@
-"""Report: one table, the study's cost, findings and two plots from every model's eval and training log.
+"""Report: one table, the study's cost, a science check, findings and plots from every model's eval and log.
 
 Reads `artifacts/eval/<id>.json` of every model and, for the trained ones (trunk checkpoints and
 decays), `train_log.jsonl` and `meta.json`. Writes `reports/` atomically::
 
-    summary.md       table of every model, study cost, findings (links the plots)
-    summary.html     the same, self-contained (plots embedded as base64)
-    plots/loss.png   training loss vs tokens: the trunk, each decay from its branch point, held-out markers
-    plots/bpb.png    held-out bits-per-byte per model, one bar per domain + overall
+    summary.md        table of every model (lineage, tokens, cost, held-out loss/bpb, task scores), study
+                      cost, science check (PASS/FAIL per expectation), findings (links the plots)
+    summary.html      the same, self-contained (plots embedded as base64)
+    plots/loss.png    training loss vs tokens: the trunk, each decay from its branch point, held-out markers
+    plots/bpb.png     held-out bits-per-byte per model, one bar per domain + overall
+    plots/merges.png  each merge's held-out loss against its inputs' (when the study has merges)
+
+Science check (what a WSD study should show; a FAIL is a finding, not an error):
+- every decay beats its parent trunk checkpoint on pooled held-out loss;
+- every `trunk_last_k` merge beats the last trunk checkpoint;
+- every decay with a `mixture` beats its twin (same branch point, length, shape, final LR, re-warm; no
+  mixture) on the held-out loss of the domain it weights most.
 
 Output bytes depend only on the inputs (fixed matplotlib style, no timestamps in the PNGs).
 """
@@ -30,6 +38,8 @@ EMA_BETA = 0.9  # weight of the running average; ~10-step window
 PNG_METADATA = {"Software": None}  # no matplotlib version in the PNG: stable bytes
 RC = {"svg.hashsalt": "arbor", "figure.dpi": 100, "savefig.dpi": 110, "font.size": 9}
 BPB_PLOT = "plots/bpb.png"  # relative to the report dir, next to paths.loss_plot()
+MERGE_PLOT = "plots/merges.png"
+PRIMARY_METRICS = ("acc_norm", "acc", "exact_match", "f1", "bits_per_byte", "word_perplexity")  # a task's table column
 
 
 @dataclass
@@ -40,7 +50,9 @@ class Model:
     lineage: str                       # in words
     tokens: int                        # training tokens behind the weights
     own_steps: int                     # optimizer steps this model's own job ran
+    own_tokens: int                    # tokens this model's own job trained on
     heldout: dict[str, dict[str, float]]  # domain (and "all") -> {"loss", "bpb", ...}
+    tasks: dict[str, dict[str, float]]  # lm-eval task -> {metric: value}
 
     @property
     def loss(self) -> float:
@@ -96,7 +108,7 @@ def history(params: Params, model_id: str) -> tuple[int, frozenset[str]]:
         return int(key), frozenset()
     if kind == "decay":
         return params.decays[key].from_step, frozenset([key])
-    parts = [history(params, m) for m in params.merges[key].models]
+    parts = [history(params, m) for m in params.merge_inputs(key)]
     return max(t for t, _ in parts), frozenset().union(*(d for _, d in parts))
 
 
@@ -104,7 +116,7 @@ def tokens_seen(params: Params, model_id: str) -> int:
     """`tokens_seen` (or `step`) from meta.json when present; else steps × global batch × seq length.
     Merges count the union of their inputs' training (the shared trunk once)."""
     trunk, decays = history(params, model_id)
-    steps = trunk + sum(params.decays[b].steps for b in decays)
+    steps = trunk + sum(params.decays[b].total_steps for b in decays)
     if not model_id.startswith("merge-"):
         meta_path = Path(paths.model_dir(model_id)) / "meta.json"
         meta = read_json(meta_path) if meta_path.exists() else {}
@@ -124,9 +136,13 @@ def describe(params: Params, model_id: str) -> tuple[str, str, int]:
         return kind, f"stable trunk to step {step} ({start}, constant LR)", step - (prev[-1] if prev else 0)
     if kind == "decay":
         d = params.decays[key]
-        return kind, f"decay of trunk-{d.from_step}, {d.steps} steps {d.shape} → {d.final_lr:g}", d.steps
-    merge = params.merges[key]
-    return kind, f"{merge.method} average of {', '.join(merge.models)}", 0
+        rewarm = f"re-warm {d.rewarm_steps} + " if d.rewarm else ""
+        mixture = f", mixture {', '.join(f'{k} {v:g}' for k, v in d.mixture.items())}" if d.mixture else ""
+        words = f"decay of trunk-{d.from_step}, {rewarm}{d.decay_steps} steps {d.shape} → {d.min_lr(params.trunk):g}{mixture}"
+        return kind, words, d.total_steps
+    merge, inputs = params.merges[key], ", ".join(params.merge_inputs(key))
+    source = f"the last {merge.trunk_last_k} trunk checkpoints ({inputs})" if merge.trunk_last_k else inputs
+    return kind, f"{merge.method.replace('_', '-')} average of {source}", 0
 
 
 def collect(params: Params) -> list[Model]:
@@ -136,9 +152,10 @@ def collect(params: Params) -> list[Model]:
         [f"merge-{m}" for m in params.merge_order()]
     models = []
     for model_id in ids:
-        heldout = load_eval(model_id)["heldout"]
+        data = load_eval(model_id)
         kind, lineage, own = describe(params, model_id)
-        models.append(Model(model_id, kind, lineage, tokens_seen(params, model_id), own, heldout))
+        models.append(Model(model_id, kind, lineage, tokens_seen(params, model_id), own, own * tokens_per_step(params),
+                            data["heldout"], data.get("tasks") or {}))
     return models
 
 
@@ -146,17 +163,19 @@ def collect(params: Params) -> list[Model]:
 
 def study_cost(params: Params) -> tuple[int, int]:
     """(optimizer steps executed, steps to train every trained model from scratch)."""
-    executed = params.trunk.checkpoints[-1] + sum(d.steps for d in params.decays.values())
-    scratch = sum(params.trunk.checkpoints) + sum(d.from_step + d.steps for d in params.decays.values())
+    executed = params.trunk.checkpoints[-1] + sum(d.total_steps for d in params.decays.values())
+    scratch = sum(params.trunk.checkpoints) + sum(d.end_step for d in params.decays.values())
     return executed, scratch
 
 
 def cost_line(params: Params) -> str:
     executed, scratch = study_cost(params)
     n = len(params.trunk.checkpoints) + len(params.decays)
+    tps = tokens_per_step(params)
     return (f"Study cost: {executed:,} optimizer steps executed (trunk to step {params.trunk.checkpoints[-1]:,} "
-            f"+ {executed - params.trunk.checkpoints[-1]:,} decay steps) vs {scratch:,} to train each of the {n} "
-            f"trained models from scratch: {scratch / executed:.2f}× fewer ({1 - executed / scratch:.0%} saved).")
+            f"+ {executed - params.trunk.checkpoints[-1]:,} decay steps; {executed * tps:,} tokens) vs {scratch:,} "
+            f"({scratch * tps:,} tokens) to train each of the {n} trained models from scratch: "
+            f"{scratch / executed:.2f}× fewer ({1 - executed / scratch:.0%} saved). Merges cost no optimizer steps.")
 
 
 def findings(params: Params, models: list[Model]) -> list[str]:
@@ -171,7 +190,7 @@ def findings(params: Params, models: list[Model]) -> list[str]:
             out.append(f"{m.id}: held-out loss {m.loss:.4f} vs {parent.loss:.4f} for its parent {parent.id} "
                        f"(Δ {delta:+.4f}, {delta / parent.loss:+.1%}).")
         elif m.kind == "merge":
-            inputs = [by_id[i] for i in params.merges[m.id[6:]].models]
+            inputs = [by_id[i] for i in params.merge_inputs(m.id[6:])]
             top = min(inputs, key=lambda i: i.loss)
             mean = sum(i.loss for i in inputs) / len(inputs)
             listed = ", ".join(f"{i.id} {i.loss:.4f}" for i in inputs)
@@ -186,17 +205,88 @@ def domains_of(params: Params, models: list[Model]) -> list[str]:
     return params.domains() + extra + ["all"]
 
 
+def task_columns(models: list[Model]) -> list[tuple[str, str]]:
+    """(task, metric) shown per task: the first of PRIMARY_METRICS any model reports, else its first metric."""
+    columns = []
+    for task in sorted({t for m in models for t in m.tasks}):
+        metrics = {k for m in models for k in m.tasks.get(task, {}) if not k.endswith("_stderr") and k != "samples"}
+        if metrics:
+            columns.append((task, next((k for k in PRIMARY_METRICS if k in metrics), min(metrics))))
+    return columns
+
+
+def _num(value: float | None) -> str:
+    return "—" if value is None else f"{value:.4f}"
+
+
 def table(models: list[Model], domains: list[str]) -> tuple[list[str], list[list[str]]]:
     """Header and string cells shared by the markdown and HTML renderings."""
-    header = ["model", "lineage", "tokens seen", "own steps"] + [f"{d} {k}" for d in domains for k in ("loss", "bpb")]
-
-    def cell(m: Model, d: str, k: str) -> str:
-        v = m.heldout.get(d, {}).get(k)
-        return "—" if v is None else f"{v:.4f}"
-
-    rows = [[m.id, m.lineage, f"{m.tokens:,}", f"{m.own_steps:,}"] + [cell(m, d, k) for d in domains for k in ("loss", "bpb")]
-            for m in models]
+    tasks = task_columns(models)
+    header = (["model", "lineage", "tokens seen", "own steps", "own tokens"]
+              + [f"{d} {k}" for d in domains for k in ("loss", "bpb")] + [f"{t} {k}" for t, k in tasks])
+    rows = [[m.id, m.lineage, f"{m.tokens:,}", f"{m.own_steps:,}", f"{m.own_tokens:,}"]
+            + [_num(m.heldout.get(d, {}).get(k)) for d in domains for k in ("loss", "bpb")]
+            + [_num(m.tasks.get(t, {}).get(k)) for t, k in tasks] for m in models]
     return header, rows
+
+
+# --- science check -----------------------------------------------------------------------------
+
+@dataclass
+class Check:
+    """One expectation of the study: `model` has a lower held-out loss than `baseline` on `domain`."""
+    check: str
+    model: str
+    baseline: str | None  # None: no baseline exists (SKIP)
+    domain: str           # "all" = pooled
+    value: float | None = None
+    base: float | None = None
+    note: str = ""
+
+    @property
+    def result(self) -> str:
+        if self.value is None or self.base is None:
+            return "SKIP"
+        return "PASS" if self.value < self.base else "FAIL"
+
+    def cells(self) -> list[str]:
+        delta = "—" if self.result == "SKIP" else f"{self.value - self.base:+.4f}"
+        return [self.check, self.model, self.baseline or "—", f"held-out loss ({self.domain})", _num(self.value),
+                _num(self.base), delta, f"{self.result}{': ' + self.note if self.note else ''}"]
+
+
+CHECK_HEADER = ["check", "model", "baseline", "metric", "model value", "baseline value", "Δ", "result"]
+
+
+def twin(params: Params, branch: str) -> str | None:
+    """A decay with the same schedule as `branch` (branch point, re-warm, length, shape, final LR) and no mixture."""
+    d, t = params.decays[branch], params.trunk
+    key = (d.from_step, d.rewarm, d.decay_steps, d.shape, d.min_lr(t))
+    return next((b for b, o in params.decays.items()
+                 if o.mixture is None and (o.from_step, o.rewarm, o.decay_steps, o.shape, o.min_lr(t)) == key), None)
+
+
+def science_checks(params: Params, models: list[Model]) -> list[Check]:
+    """Decay vs parent checkpoint, `trunk_last_k` merge vs the last checkpoint, mixture decay vs its twin."""
+    by_id = {m.id: m for m in models}
+
+    def compare(check: str, model: str, baseline: str | None, domain: str = "all", note: str = "") -> Check:
+        value = by_id[model].heldout.get(domain, {}).get("loss")
+        base = by_id[baseline].heldout.get(domain, {}).get("loss") if baseline else None
+        return Check(check, model, baseline, domain, value, base, note)
+
+    last = f"trunk-{params.trunk.checkpoints[-1]}"
+    out = [compare("decay beats its branch point", f"decay-{b}", f"trunk-{d.from_step}") for b, d in params.decays.items()]
+    out += [compare("LAWA merge beats the last checkpoint", f"merge-{n}", last)
+            for n, m in params.merges.items() if m.trunk_last_k]
+    for b, d in params.decays.items():
+        if d.mixture:
+            domain = max(d.mixture, key=lambda k: (d.mixture[k], k))  # the upsampled domain
+            other = twin(params, b)
+            note = "" if other else "no twin: add a decay with the same from_step, steps, shape and final LR and no mixture"
+            out.append(compare("mixture decay beats its twin on its upweighted domain", f"decay-{b}",
+                               f"decay-{other}" if other else None, domain, note))
+    return out
 
 
 # --- plots -------------------------------------------------------------------------------------
@@ -248,7 +338,7 @@ def loss_plot(params: Params, models: list[Model]) -> bytes:
     fig, axes = _figure(11, 4.2, ncols=2)
     last = params.trunk.checkpoints[-1]
     lo = min([d.from_step for d in params.decays.values()] or [int(0.7 * last)])
-    hi = max([last] + [d.from_step + d.steps for d in params.decays.values()])
+    hi = max([last] + [d.end_step for d in params.decays.values()])
     lo = max(0, lo - (hi - lo) // 5)
     for ax, zoom in zip(axes, (False, True)):
         ys = []
@@ -297,35 +387,72 @@ def bpb_plot(models: list[Model], domains: list[str]) -> bytes:
     return _png(fig)
 
 
+def merge_plot(params: Params, models: list[Model]) -> bytes:
+    """One panel per merge: held-out loss of each input and of the merge (value on each bar)."""
+    by_id = {m.id: m for m in models}
+    merges = [m for m in models if m.kind == "merge"]
+    fig, axes = _figure(max(4.5, 3.2 * len(merges)), 3.8, ncols=len(merges))
+    for ax, merge in zip(axes, merges):
+        bars = [by_id[i] for i in params.merge_inputs(merge.id[6:])] + [merge]
+        losses = [m.loss for m in bars]
+        drawn = ax.bar(range(len(bars)), losses, color=["silver"] * (len(bars) - 1) + ["C3"])
+        ax.bar_label(drawn, fmt="%.4f", fontsize=7, padding=2)
+        ax.set_xticks(range(len(bars)), [m.id for m in bars], rotation=30, ha="right", fontsize=7)
+        pad = 0.25 * (max(losses) - min(losses) or 0.1)
+        ax.set_ylim(min(losses) - pad, max(losses) + 2 * pad)
+        ax.set_title(merge.id, fontsize=9)
+        ax.grid(axis="y", alpha=0.3)
+    axes[0].set_ylabel("held-out loss (nats/token)")
+    fig.suptitle("Merges (red) vs their inputs: held-out loss, lower is better", fontsize=9)
+    return _png(fig)
+
+
 # --- renderings --------------------------------------------------------------------------------
 
-def markdown(header: list[str], rows: list[list[str]], cost: str, notes: list[str]) -> str:
-    lines = ["# Study report", "", "| " + " | ".join(header) + " |",
-             "| " + " | ".join(["---", "---"] + ["---:"] * (len(header) - 2)) + " |"]
-    lines += ["| " + " | ".join(r) + " |" for r in rows]
-    lines += ["", "Tokens seen of a merge: the training behind its inputs, the shared trunk counted once. "
-              "Own steps: optimizer steps of the model's own job (trunk: its segment).", "", cost, "",
-              "## Findings", ""] + [f"- {n}" for n in notes]
-    loss_png = Path(paths.loss_plot()).relative_to(paths.report_dir()).as_posix()
-    lines += ["", "## Plots", "", f"![training loss]({loss_png})", "", f"![held-out bpb]({BPB_PLOT})", ""]
+TABLE_NOTE = ("Tokens seen of a merge: the training behind its inputs, the shared trunk counted once. Own steps / "
+              "own tokens: the training cost of the model's own job (trunk: its segment; merges cost none). Task "
+              "columns: lm-eval scores (acc: higher is better; bits_per_byte, perplexity: lower is better).")
+NO_CHECKS = "No decays or LAWA merges to check."
+
+
+def _md_table(header: list[str], rows: list[list[str]], text_columns: int) -> list[str]:
+    align = ["---"] * text_columns + ["---:"] * (len(header) - text_columns)
+    return ["| " + " | ".join(header) + " |", "| " + " | ".join(align) + " |"] + ["| " + " | ".join(r) + " |" for r in rows]
+
+
+def markdown(header: list[str], rows: list[list[str]], cost: str, checks: list[Check], notes: list[str],
+             plots: dict[str, str]) -> str:
+    lines = ["# Study report", "", *_md_table(header, rows, 2), "", TABLE_NOTE, "", cost, "", "## Science check", ""]
+    lines += _md_table(CHECK_HEADER, [c.cells() for c in checks], 4) if checks else [NO_CHECKS]
+    lines += ["", "## Findings", ""] + [f"- {n}" for n in notes] + ["", "## Plots", ""]
+    lines += [f"![{alt}]({rel})\n" for alt, rel in plots.items()]
     return "\n".join(lines)
 
 
-def html_page(header: list[str], rows: list[list[str]], cost: str, notes: list[str], images: dict[str, bytes]) -> str:
+def _html_table(header: list[str], rows: list[list[str]]) -> str:
     e = html.escape
     head = "".join(f"<th>{e(h)}</th>" for h in header)
     body = "".join("<tr>" + "".join(f"<td>{e(c)}</td>" for c in r) + "</tr>\n" for r in rows)
+    return f"<table><thead><tr>{head}</tr></thead><tbody>\n{body}</tbody></table>"
+
+
+def html_page(header: list[str], rows: list[list[str]], cost: str, checks: list[Check], notes: list[str],
+              images: dict[str, bytes]) -> str:
+    e = html.escape
     imgs = "".join(f'<p><img alt="{e(alt)}" src="data:image/png;base64,{base64.b64encode(png).decode()}"></p>\n'
                    for alt, png in images.items())
+    check_table = _html_table(CHECK_HEADER, [c.cells() for c in checks]) if checks else f"<p>{NO_CHECKS}</p>"
     return f"""<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>Study report</title>
 <style>body{{font-family:sans-serif;margin:2em}}table{{border-collapse:collapse;font-size:90%}}
 td,th{{border:1px solid #ccc;padding:3px 8px}}td:nth-child(n+3){{text-align:right}}img{{max-width:100%}}</style>
 </head><body>
 <h1>Study report</h1>
-<table><thead><tr>{head}</tr></thead><tbody>
-{body}</tbody></table>
+{_html_table(header, rows)}
+<p>{e(TABLE_NOTE)}</p>
 <p>{e(cost)}</p>
+<h2>Science check</h2>
+{check_table}
 <h2>Findings</h2>
 <ul>{"".join(f"<li>{e(n)}</li>" for n in notes)}</ul>
 <h2>Plots</h2>
@@ -341,17 +468,24 @@ def run(params: Params) -> None:
     models = collect(params)  # fails on a missing eval before anything is written
     domains = domains_of(params, models)
     header, rows = table(models, domains)
-    cost, notes = cost_line(params), findings(params, models)
-    with matplotlib.style.context("default"), matplotlib.rc_context(RC):
-        images = {"training loss": loss_plot(params, models), "held-out bpb": bpb_plot(models, domains)}
+    cost, checks, notes = cost_line(params), science_checks(params, models), findings(params, models)
     root = Path(paths.report_dir())
+    with matplotlib.style.context("default"), matplotlib.rc_context(RC):
+        plots = {"training loss": (Path(paths.loss_plot()).relative_to(root).as_posix(), loss_plot(params, models)),
+                 "held-out bpb": (BPB_PLOT, bpb_plot(models, domains))}
+        if params.merges:
+            plots["merges vs inputs"] = (MERGE_PLOT, merge_plot(params, models))
     with atomic_dir(root) as tmp:
-        for rel, png in zip((Path(paths.loss_plot()).relative_to(root), BPB_PLOT), images.values()):
+        for rel, png in plots.values():
             (tmp / rel).parent.mkdir(parents=True, exist_ok=True)
             (tmp / rel).write_bytes(png)
         md = tmp / Path(paths.report_file()).relative_to(root)
-        md.write_text(markdown(header, rows, cost, notes), encoding="utf-8")
-        md.with_suffix(".html").write_text(html_page(header, rows, cost, notes, images), encoding="utf-8")
+        md.write_text(markdown(header, rows, cost, checks, notes, {alt: rel for alt, (rel, _) in plots.items()}),
+                      encoding="utf-8")
+        md.with_suffix(".html").write_text(html_page(header, rows, cost, checks, notes,
+                                                     {alt: png for alt, (_, png) in plots.items()}), encoding="utf-8")
     best, (executed, scratch) = min(models, key=lambda m: m.loss), study_cost(params)
+    verdicts = [c.result for c in checks]
     print(f"[report] {len(models)} models → {root}/ (summary.md, summary.html, plots/); best held-out loss "
-          f"{best.id} {best.loss:.4f}; {executed:,} steps executed vs {scratch:,} from scratch")
+          f"{best.id} {best.loss:.4f}; {executed:,} steps executed vs {scratch:,} from scratch; science check "
+          f"{verdicts.count('PASS')} pass, {verdicts.count('FAIL')} fail, {verdicts.count('SKIP')} skip")

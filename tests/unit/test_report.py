@@ -1,4 +1,4 @@
-"""Report: table numbers, study cost, findings, valid plots embedded in the HTML, stable bytes, clear errors."""
+"""Report: table numbers, study cost, science check, findings, valid plots embedded in the HTML, stable bytes, clear errors."""
 
 from __future__ import annotations
 
@@ -36,12 +36,18 @@ def write_log(model_id: str, steps: range) -> None:
                                         "tokens_per_s": 1e4, "consumed_samples": 4 * s}) + "\n" for s in steps))
 
 
-def write_eval(model_id: str, loss: float | None = None) -> None:
+def write_eval(model_id: str, loss: float | None = None, code: float | None = None, tasks: dict | None = None) -> None:
     loss = LOSS[model_id] if loss is None else loss
     heldout = {"prose": {"loss": loss - 0.1, "bpb": loss / 3, "tokens": 100},
-               "code": {"loss": loss + 0.1, "bpb": loss / 4, "tokens": 50},
+               "code": {"loss": loss + 0.1 if code is None else code, "bpb": loss / 4, "tokens": 50},
                "all": {"loss": loss, "bpb": loss / 3.5, "tokens": 150}}
-    write_json(paths.eval_file(model_id), {"model": model_id, "lineage": {"kind": model_id.split("-")[0]}, "heldout": heldout})
+    write_json(paths.eval_file(model_id), {"model": model_id, "lineage": {"kind": model_id.split("-")[0]},
+                                           "heldout": heldout, "tasks": tasks or {}})
+
+
+def task_scores(loss: float) -> dict:
+    return {"arbor_cloze": {"acc": 0.3, "acc_stderr": 0.04, "acc_norm": 1 / loss, "acc_norm_stderr": 0.04, "samples": 100},
+            "arbor_heldout": {"bits_per_byte": loss / 2, "byte_perplexity": 2.0, "word_perplexity": 50.0, "samples": 20}}
 
 
 @pytest.fixture
@@ -49,7 +55,7 @@ def study(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     params = make_params()
     for model_id in params.model_ids():
-        write_eval(model_id)
+        write_eval(model_id, tasks=None if model_id == "trunk-10" else task_scores(LOSS[model_id]))
     write_log("trunk-10", range(1, 11))
     write_log("trunk-20", range(1, 21))  # cumulative
     write_log("decay-a", range(11, 16))
@@ -59,7 +65,9 @@ def study(tmp_path, monkeypatch):
 
 
 def table_rows(md: str) -> dict[str, dict[str, str]]:
-    lines = [line for line in md.splitlines() if line.startswith("| ")]
+    """The first table of the report (the models), row by model id."""
+    body = md.split("\n| ", 1)[1]
+    lines = ("| " + body.split("\n\n", 1)[0]).splitlines()
     header = [c.strip() for c in lines[0].strip("|").split("|")]
     return {cells[0]: dict(zip(header, cells)) for cells in
             ([c.strip() for c in line.strip("|").split("|")] for line in lines[2:])}
@@ -81,14 +89,18 @@ def test_table_cost_and_findings(study, capsys):
     for model_id, (tokens, own) in expected.items():
         row, loss = rows[model_id], LOSS[model_id]
         assert row["tokens seen"] == f"{tokens:,}" and row["own steps"] == str(own)
+        assert row["own tokens"] == f"{own * TOKENS_PER_STEP:,}"
         assert row["all loss"] == f"{loss:.4f}" and row["all bpb"] == f"{loss / 3.5:.4f}"
         assert row["prose loss"] == f"{loss - 0.1:.4f}" and row["code bpb"] == f"{loss / 4:.4f}"
     assert rows["decay-a"]["lineage"] == "decay of trunk-10, 5 steps cosine → 0"
     assert rows["decay-b"]["lineage"] == "decay of trunk-20, 4 steps linear → 0.0001"
     assert "decay-a, decay-b" in rows["merge-m"]["lineage"]
+    # one column per task (its primary metric); a model evaluated without tasks shows dashes
+    assert rows["decay-b"]["arbor_cloze acc_norm"] == f"{1 / 3.2:.4f}" and rows["decay-b"]["arbor_heldout bits_per_byte"] == "1.6000"
+    assert rows["trunk-10"]["arbor_cloze acc_norm"] == "—"
 
     assert report.study_cost(study) == (20 + 5 + 4, 10 + 20 + 15 + 24)
-    assert "29 optimizer steps executed" in md and "vs 69 to train" in md and "2.38× fewer (58% saved)" in md
+    assert "29 optimizer steps executed" in md and "vs 69 (2,208 tokens) to train" in md and "2.38× fewer (58% saved)" in md
     assert "decay-a: held-out loss 3.7000 vs 4.0000 for its parent trunk-10 (Δ -0.3000" in md
     assert "decay-b: held-out loss 3.2000 vs 3.5000 for its parent trunk-20 (Δ -0.3000" in md
     assert "merge-m: held-out loss 3.3000 vs inputs decay-a 3.7000, decay-b 3.2000 (Δ +0.1000 vs the best input decay-b" in md
@@ -101,13 +113,16 @@ def test_plots_html_and_stable_bytes(study):
     report.run(study)
     root = Path(paths.report_dir())
     first = {p.relative_to(root): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
-    assert set(map(str, first)) == {"summary.md", "summary.html", "plots/loss.png", "plots/bpb.png"}
+    plots = ("plots/loss.png", "plots/bpb.png", "plots/merges.png")
+    assert set(map(str, first)) == {"summary.md", "summary.html", *plots}
     html = first[Path("summary.html")].decode()
-    for plot in ("plots/loss.png", "plots/bpb.png"):
+    md = first[Path("summary.md")].decode()
+    for plot in plots:
+        assert f"]({plot})" in md
         png = first[Path(plot)]
         assert png.startswith(PNG_MAGIC) and b"matplotlib" not in png  # valid, no version stamp
         assert base64.b64encode(png).decode() in html
-    assert "<td>decay-a</td>" in html and "Findings" in html and "→" in html
+    assert "<td>decay-a</td>" in html and "Findings" in html and "Science check" in html and "→" in html
     report.run(study)
     assert {p.relative_to(root): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()} == first
 
@@ -139,6 +154,39 @@ def test_trunk_only_study(tmp_path, monkeypatch):
     report.run(params)
     md = Path(paths.report_file()).read_text()
     assert table_rows(md)["trunk-5"]["own steps"] == "5" and "1.00× fewer (0% saved)" in md
+    assert "No decays or LAWA merges to check." in md and not Path("reports/plots/merges.png").exists()
+
+
+def test_science_check(tmp_path, monkeypatch):
+    """Decay vs its branch point, LAWA merge vs the last checkpoint, mixture decay vs its twin on the upweighted
+    domain (PASS / FAIL with the numbers; SKIP naming what to add when there is no twin)."""
+    monkeypatch.chdir(tmp_path)
+    params = parse_params({
+        "sources": {"p": {"paths": ["x"], "domain": "prose"}, "c": {"paths": ["y"], "domain": "code"}},
+        "trunk": {"checkpoints": [10, 20]},
+        "decays": {"plain": {"from_step": 20, "steps": 4, "final_lr": 1e-4},
+                   "mix": {"from_step": 20, "steps": 4, "final_lr": 1e-4, "mixture": {"prose": 1.0, "code": 3.0}},
+                   "lonely": {"from_step": 10, "steps": 2, "mixture": {"prose": 2.0, "code": 1.0}}},
+        "merges": {"lawa": {"trunk_last_k": 2}},
+    })
+    evals = {"trunk-10": (4.0, None), "trunk-20": (3.5, None), "decay-plain": (3.2, 3.4), "decay-mix": (3.3, 3.1),
+             "decay-lonely": (4.1, None), "merge-lawa": (3.6, None)}
+    for model_id, (loss, code) in evals.items():
+        write_log(model_id, range(1, 3)) if not model_id.startswith("merge") else None
+        write_eval(model_id, loss, code)
+    checks = {(c.check.split()[0], c.model): c for c in report.science_checks(params, report.collect(params))}
+    assert [(c.baseline, c.domain, c.result) for c in checks.values()] == [
+        ("trunk-20", "all", "PASS"), ("trunk-20", "all", "PASS"), ("trunk-10", "all", "FAIL"),  # decays vs branch point
+        ("trunk-20", "all", "FAIL"),                                                              # LAWA merge: 3.6 > 3.5
+        ("decay-plain", "code", "PASS"),                                                          # 3.1 < 3.4 on code
+        (None, "prose", "SKIP")]                                                                  # no twin
+    assert checks["mixture", "decay-lonely"].note.startswith("no twin")
+    report.run(params)
+    md = Path(paths.report_file()).read_text()
+    assert "| mixture decay beats its twin on its upweighted domain | decay-mix | decay-plain | held-out loss (code) | " \
+           "3.1000 | 3.4000 | -0.3000 | PASS |" in md
+    assert "| LAWA merge beats the last checkpoint | merge-lawa | trunk-20 | held-out loss (all) | 3.6000 | 3.5000 | +0.1000 | FAIL |" in md
+    assert "the last 2 trunk checkpoints (trunk-10, trunk-20)" in table_rows(md)["merge-lawa"]["lineage"]
 
 
 def test_ema_is_seeded_and_light():

@@ -16,11 +16,10 @@ import numpy as np
 import torch
 
 from workflow import paths
-from workflow.io import read_json, write_json
+from workflow.evaluate.model import LoadedModel
+from workflow.io import read_json
 from workflow.params import Params
-from workflow.train import checkpoint as ckpt
-from workflow.train.loop import setup
-from workflow.train.model import build_model, token_losses
+from workflow.train.model import token_losses
 
 
 def heldout_windows(prefix: str, seq_length: int, max_sequences: int | None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -48,23 +47,16 @@ def heldout_windows(prefix: str, seq_length: int, max_sequences: int | None) -> 
     return tokens, labels, mask
 
 
-def _summary(nats: float, tokens: int, nbytes: float) -> dict:
+def summary(nats: float, tokens: int, nbytes: float) -> dict:
     if tokens == 0:
         return {"loss": None, "bpb": None, "tokens": 0}
     return {"loss": nats / tokens, "bpb": nats / math.log(2) / nbytes, "tokens": tokens}
 
 
-def run(params: Params, model_id: str) -> None:
-    """Evaluate `model_id` and write `artifacts/eval/<model_id>.json`."""
-    directory = paths.model_dir(model_id)
-    problem = ckpt.incomplete(directory)
-    if problem:
-        raise ckpt.CheckpointError(f"cannot evaluate {model_id}: {problem}; build it first")
-    backend, tokenizer = setup(params)
-    model = build_model(params.model, backend, tokenizer.vocab_size)
-    ckpt.load(directory, model)
-    model.eval()
-    heldout, pooled = {}, [0.0, 0, 0.0]
+def heldout_metrics(params: Params, loaded: LoadedModel) -> dict[str, dict]:
+    """`{"<domain>": {"loss", "bpb", "tokens"}, ..., "all": {...}}`."""
+    out, pooled = {}, [0.0, 0, 0.0]
+    device = loaded.backend.device
     for domain in params.domains():
         tokens, labels, mask = heldout_windows(paths.tokens_prefix(domain, "heldout"), params.model.seq_length,
                                                params.eval.max_sequences)
@@ -72,15 +64,12 @@ def run(params: Params, model_id: str) -> None:
         with torch.no_grad():
             for b in range(0, len(tokens), params.eval.batch_size):
                 sl = slice(b, b + params.eval.batch_size)
-                losses = token_losses(model, backend, tokens[sl].to(backend.device), labels[sl].to(backend.device))
-                nats += float(losses.double()[mask[sl].to(backend.device)].sum())
+                losses = token_losses(loaded.model, loaded.backend, tokens[sl].to(device), labels[sl].to(device))
+                nats += float(losses.double()[mask[sl].to(device)].sum())
         n = int(mask.sum())
         split = read_json(paths.tokens_stats(domain))["heldout"]
         nbytes = n * split["bytes"] / split["tokens"] if split["tokens"] else 0.0
-        heldout[domain] = _summary(nats, n, nbytes)
+        out[domain] = summary(nats, n, nbytes)
         pooled = [pooled[0] + nats, pooled[1] + n, pooled[2] + nbytes]
-    heldout["all"] = _summary(*pooled)
-    lineage = ckpt.read_meta(directory).get("lineage", {})
-    write_json(paths.eval_file(model_id), {"model": model_id, "lineage": lineage, "heldout": heldout})
-    parts = [f"{d} {r['loss']:.4f}/{r['bpb']:.3f}" for d, r in heldout.items() if r["tokens"]]
-    print(f"{model_id}: held-out loss/bpb " + ", ".join(parts))
+    out["all"] = summary(*pooled)
+    return out
