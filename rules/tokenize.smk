@@ -9,6 +9,9 @@ rule tokenizer:
         "logs/tokenizer/tokenizer.log",
     benchmark:
         "benchmarks/tokenizer/tokenizer.tsv"
+    threads: stage_threads("tokenizer")
+    resources:
+        **stage_resources("tokenizer"),
     conda:
         CPU_ENV
     shell:
@@ -27,6 +30,9 @@ rule tokenize:
         "logs/tokenize/{domain}.log",
     benchmark:
         "benchmarks/tokenize/{domain}.tsv"
+    threads: stage_threads("tokenize", all_cores())  # worker processes: Snakemake exports OMP_NUM_THREADS={threads}, which tokenize reads
+    resources:
+        **stage_resources("tokenize"),
     conda:
         CPU_ENV
     shell:

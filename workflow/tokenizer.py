@@ -1,13 +1,16 @@
 """Build the study's tokenizer: `artifacts/tokenizer/{tokenizer.json, meta.json}`.
 
 - `tokenizer.path` set: that `tokenizer.json` is copied byte for byte (after checking it loads
-  and knows `tokenizer.eod_token`); nothing is trained.
+  and knows `tokenizer.eod_token` and `tokenizer.special_tokens`); nothing is trained.
 - otherwise: a byte-level BPE (HF `tokenizers`; ByteLevel pre-tokenizer and decoder, no
   normaliser since curation already normalised) is trained on a deterministic sample of at most
   `tokenizer.sample_bytes` of curated *training* text (never held-out text). Each source gets a
   share of the budget proportional to its training bytes; within a source a document is taken
   when the hash of its id falls under the source's share, in shard order, until the share is
-  spent (the last document is cut at a character boundary).
+  spent (the last document is cut at a character boundary). The EOD token gets id 0 and
+  `tokenizer.special_tokens` the ids after it.
+
+`meta.json` records the vocabulary size, the EOD id, the special tokens' ids and the sample.
 """
 
 from __future__ import annotations
@@ -78,7 +81,7 @@ def plan_budgets(sample_bytes: int, totals: dict[str, int]) -> dict[str, int]:
     return {s: min(t, sample_bytes * t // grand) for s, t in totals.items()}
 
 
-def _check_loads(path: str, eod_token: str, key: str) -> "object":
+def _check_loads(path: str, eod_token: str, key: str, special_tokens: list[str] = ()) -> "object":
     from tokenizers import Tokenizer
 
     try:
@@ -88,11 +91,16 @@ def _check_loads(path: str, eod_token: str, key: str) -> "object":
     if tok.token_to_id(eod_token) is None:
         raise ParamsError(f"tokenizer.eod_token: '{eod_token}' is not in the vocabulary of '{path}'; "
                           f"set tokenizer.eod_token to the tokenizer's end-of-document token")
+    missing = [t for t in special_tokens if tok.token_to_id(t) is None]
+    if missing:
+        raise ParamsError(f"tokenizer.special_tokens: {missing} are not in the vocabulary of '{path}'; "
+                          f"remove them or use a tokenizer that has them")
     return tok
 
 
-def train_bpe(texts: Iterator[str], vocab_size: int, min_frequency: int, eod_token: str, show_progress: bool = False):
-    """A byte-level BPE trained on `texts`; deterministic for a given input."""
+def train_bpe(texts: Iterator[str], vocab_size: int, min_frequency: int, eod_token: str, show_progress: bool = False,
+              special_tokens: list[str] = ()):
+    """A byte-level BPE trained on `texts`; deterministic for a given input. Special tokens: EOD first (id 0)."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
     tok = Tokenizer(models.BPE())
@@ -101,7 +109,7 @@ def train_bpe(texts: Iterator[str], vocab_size: int, min_frequency: int, eod_tok
     trainer = trainers.BpeTrainer(
         vocab_size=vocab_size,
         min_frequency=min_frequency,
-        special_tokens=[eod_token],
+        special_tokens=[eod_token, *special_tokens],
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
         show_progress=show_progress,
     )
@@ -116,11 +124,11 @@ def run(params: Params) -> None:
     if cfg.path:
         if not os.path.isfile(cfg.path):
             raise ParamsError(f"tokenizer.path: '{cfg.path}' does not exist (relative to {os.getcwd()})")
-        tok = _check_loads(cfg.path, cfg.eod_token, "tokenizer.path")
+        tok = _check_loads(cfg.path, cfg.eod_token, "tokenizer.path", cfg.special_tokens)
         with atomic_dir(paths.tokenizer_dir()) as tmp:
             shutil.copyfile(cfg.path, tmp / "tokenizer.json")
             meta = _meta(tok, cfg.eod_token, trained=False, sample_bytes=0, sample_docs=0, sources={},
-                         user_path=cfg.path)
+                         user_path=cfg.path, special_tokens=cfg.special_tokens)
             write_json(tmp / "meta.json", meta)
         print(f"tokenizer: using {cfg.path} as is (vocab {meta['vocab_size']:,}, eod id {meta['eod_id']}) "
               f"-> {paths.tokenizer_file()}")
@@ -137,7 +145,7 @@ def run(params: Params) -> None:
             yield t
 
     tok = train_bpe(counting(sample_texts(params, budgets)), cfg.vocab_size, cfg.min_frequency, cfg.eod_token,
-                    show_progress=sys.stderr.isatty())
+                    show_progress=sys.stderr.isatty(), special_tokens=cfg.special_tokens)
     if counted["docs"] == 0:
         raise RuntimeError("tokenizer: the curated training shards hold no text; check the curate stats of "
                            + ", ".join(paths.curated_dir(s) for s in params.sources))
@@ -145,7 +153,8 @@ def run(params: Params) -> None:
         tok.save(str(tmp / "tokenizer.json"), pretty=True)
         meta = _meta(tok, cfg.eod_token, trained=True, sample_bytes=counted["bytes"], sample_docs=counted["docs"],
                      sources={s: {"curated_dir": paths.curated_dir(s), "train_bytes": totals[s],
-                                  "sample_budget": budgets[s]} for s in params.sources})
+                                  "sample_budget": budgets[s]} for s in params.sources},
+                     special_tokens=cfg.special_tokens)
         write_json(tmp / "meta.json", meta)
     dt = time.perf_counter() - t0
     print(f"tokenizer: trained byte-level BPE, vocab {meta['vocab_size']:,} (asked {cfg.vocab_size:,}), "
@@ -154,8 +163,9 @@ def run(params: Params) -> None:
 
 
 def _meta(tok, eod_token: str, *, trained: bool, sample_bytes: int, sample_docs: int, sources: dict,
-          user_path: str | None = None) -> dict:
+          user_path: str | None = None, special_tokens: list[str] = ()) -> dict:
     return {
+        "special_tokens": {t: tok.token_to_id(t) for t in special_tokens},
         "vocab_size": tok.get_vocab_size(with_added_tokens=True),
         "eod_token": eod_token,
         "eod_id": tok.token_to_id(eod_token),

@@ -103,3 +103,19 @@ def test_user_tokenizer_errors(curated):
     tokenizer.run(make_params())
     with pytest.raises(ParamsError, match=r"tokenizer\.eod_token"):
         tokenizer.run(make_params(path=paths.tokenizer_file(), eod_token="<|nope|>"))
+
+
+def test_special_tokens_follow_eod(curated):
+    tokenizer.run(make_params(special_tokens=["<|user|>", "<|fim_middle|>"]))
+    tok = Tokenizer.from_file(paths.tokenizer_file())
+    meta = read_json(Path(paths.tokenizer_dir()) / "meta.json")
+    assert [tok.token_to_id(t) for t in ("<|eod|>", "<|user|>", "<|fim_middle|>")] == [0, 1, 2]
+    assert meta["special_tokens"] == {"<|user|>": 1, "<|fim_middle|>": 2} and meta["eod_id"] == 0
+    with pytest.raises(ParamsError, match="distinct"):
+        make_params(special_tokens=["<|eod|>"])
+    # a user tokenizer must already have them
+    user = Path("user.json")
+    user.write_bytes(Path(paths.tokenizer_file()).read_bytes())
+    tokenizer.run(make_params(path=str(user), special_tokens=["<|user|>"]))
+    with pytest.raises(ParamsError, match=r"tokenizer\.special_tokens"):
+        tokenizer.run(make_params(path=str(user), special_tokens=["<|assistant|>"]))
