@@ -123,6 +123,30 @@ def test_trunk_extension_matches_one_go(train_study, train_weights, monkeypatch,
     meta = ckpt.read_meta(paths.trunk_dir(8))
     assert (meta["step"], meta["consumed_samples"], meta["tokens_seen"], meta["lr"]) == (8, 32, 32 * 32, 3e-3)
     assert meta["lineage"]["from"] == "trunk-4"
+    # the same per-step curves as dvclive plots (what `dvc plots` reads)
+    log = ckpt.read_log(paths.trunk_dir(8))
+    for name in ckpt.LIVE_METRICS:
+        tsv = (Path(paths.trunk_dir(8)) / ckpt.LIVE / "plots/metrics" / f"{name}.tsv").read_text().splitlines()
+        assert tsv[0] == f"step\t{name}" and len(tsv) == 9
+        assert [float(line.split("\t")[1]) for line in tsv[1:]] == pytest.approx([row[name] for row in log])
+    assert {row["grad_norm"] > 0 and row["tokens_per_s"] > 0 for row in log} == {True}
+    assert [row["consumed_samples"] for row in log] == [4 * s for s in range(1, 9)]
+
+
+def test_extension_trains_only_the_new_segment(train_study, monkeypatch):
+    """trunk [2, 4] -> [2, 4, 6]: only steps 5..6 run (DVC's one stage and Snakemake's new job alike);
+    the earlier checkpoints are not rewritten, so everything branched from them stays cached."""
+    trunk.run(train_study(checkpoints=[2, 4]), None)
+    stamps = {s: (Path(paths.trunk_dir(s)) / ckpt.META).stat().st_mtime_ns for s in (2, 4)}
+    seen = count_steps(monkeypatch)
+    extended = train_study(checkpoints=[2, 4, 6])
+    trunk.run(extended, None)
+    assert seen == [5, 6]
+    assert stamps == {s: (Path(paths.trunk_dir(s)) / ckpt.META).stat().st_mtime_ns for s in (2, 4)}
+    shutil.rmtree(paths.trunk_dir(6))
+    del seen[:]
+    trunk.run(extended, 6)
+    assert seen == [5, 6]
 
 
 def test_fingerprint_mismatch(train_study, monkeypatch):
@@ -152,31 +176,7 @@ def _closed_form(shape: str, r: float) -> float:
             "minus_sqrt": 1 - math.sqrt(r)}[shape]
 
 
-@pytest.mark.parametrize("shape", ["linear", "cosine", "minus_sqrt", "exponential"])
-def test_schedule_shapes(shape):
-    from megatron.core.optimizer_param_scheduler import OptimizerParamScheduler
-
-    from workflow.train.loop import schedule
-    from tests.unit.conftest import train_params_dict
-
-    raw = train_params_dict()
-    raw["decays"]["lin"].update(shape=shape, from_step=8, steps=10, final_lr=3e-4)
-    params = parse_params(raw)
-    opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=0.0)
-    trunk_sched = OptimizerParamScheduler(opt, **schedule(params))
-    lrs = []
-    for _ in range(10_000):
-        trunk_sched.step(1)
-        lrs.append(opt.param_groups[0]["lr"])
-    assert lrs[:2] == pytest.approx([1.5e-3, 3e-3]) and set(lrs[1:]) == {3e-3}  # warmup 2, then constant
-    sched = OptimizerParamScheduler(opt, **schedule(params, "lin"))
-    sched.step(8)
-    assert opt.param_groups[0]["lr"] == 3e-3
-    for k in range(1, 11):
-        sched.step(1)
-        expected = 3e-4 + (3e-3 - 3e-4) * _closed_form(shape, k / 10)
-        assert opt.param_groups[0]["lr"] == pytest.approx(expected, rel=1e-12, abs=1e-15)
-    assert opt.param_groups[0]["lr"] == pytest.approx(3e-4)
+# decay LR schedules: tests/unit/test_decay.py
 
 
 def test_decay_branches(train_study, monkeypatch):
@@ -215,14 +215,6 @@ def test_data_stream_is_horizon_independent(train_study):
     assert torch.equal(b.sample(3), a.sample(3)) and torch.equal(b.sample(5000), late)
     assert b.domain_positions(1000) == {"code": 500, "prose": 500}
     assert a.sample(0).shape == (params.model.seq_length + 1,)
-
-
-def test_fp8_without_transformer_engine_is_refused():
-    from workflow.params import Model
-    from workflow.train.backend import BackendError, resolve
-
-    with pytest.raises(BackendError, match="Transformer Engine"):
-        resolve(Model(fp8={"format": "hybrid"}))
 
 
 def test_step_must_be_a_checkpoint(train_study):

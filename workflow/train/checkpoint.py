@@ -4,7 +4,8 @@ Layout of every model dir (`trunk/step-N`, `decay/<b>`, `merge/<m>`, and scratch
 
     checkpoint/       dist_checkpointing dir: model (+ optimizer) sharded tensors, common.pt
     meta.json         model_id, kind, step, consumed_samples, tokens_seen, lr, fingerprint, lineage, ...
-    train_log.jsonl   one JSON object per optimizer step
+    train_log.jsonl   one JSON object per optimizer step (loss, lr, grad_norm, tokens_per_s, consumed_samples)
+    dvclive/          the same curves as a dvclive run (plots/metrics/<name>.tsv), declared as `dvc plots`
 
 Non-tensor training state (scheduler, RNG, data stream, step) lives in `common.pt`. Megatron reads
 `common.pt` (and sharded objects) with a bare `torch.load`, which is `weights_only=True` by default
@@ -14,31 +15,44 @@ so no checkpoint ever unpickles arbitrary objects.
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import hashlib
 import json
 import os
+import queue
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from workflow import paths
-from workflow.io import read_json, write_json
+from workflow.dag import TRUNK_LAYOUT_KEYS
+from workflow.io import atomic_dir, read_json, write_json
+from workflow.errors import StageError
 from workflow.params import Params
 
 CKPT = "checkpoint"
 META = "meta.json"
 LOG = "train_log.jsonl"
-TRUNK_KEYS_IGNORED = {"checkpoints", "save_interval", "log_interval"}
+LIVE = "dvclive"
+LIVE_METRICS = ("loss", "lr", "grad_norm", "tokens_per_s")
 
 
-class CheckpointError(RuntimeError):
+class CheckpointError(StageError):
     """A checkpoint is missing, incomplete or was produced by different settings."""
 
 
 # --- fingerprints ----------------------------------------------------------------------------
 
 def _sha256_file(path: str) -> str:
+    stat = os.stat(path)
+    return _sha256_cached(os.path.abspath(path), stat.st_mtime_ns, stat.st_size)
+
+
+@functools.lru_cache(maxsize=64)
+def _sha256_cached(path: str, _mtime_ns: int, _size: int) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:
         for chunk in iter(lambda: f.read(1 << 20), b""):
@@ -47,14 +61,19 @@ def _sha256_file(path: str) -> str:
 
 
 def fingerprint_inputs(params: Params, branch: str | None = None) -> dict:
-    """Everything that determines a trunk's (or a decay branch's) weights."""
-    trunk = params.trunk.model_dump(mode="json", exclude=TRUNK_KEYS_IGNORED)
+    """Everything that determines a trunk's (or a decay branch's) weights: the architecture, the precision
+    path actually used (cpu = fp32, gpu = bf16 + fp8 settings), the optimisation settings, the tokenizer
+    and the token files' bytes. Not the process layout (`model.parallel`): megatron checkpoints reshard,
+    so a run may continue at another TP size (same math, different float summation order)."""
+    from workflow.train.backend import choose
+
+    trunk = params.trunk.model_dump(mode="json", exclude=TRUNK_LAYOUT_KEYS)
+    model = params.model.model_dump(mode="json", exclude={"parallel", "backend"}) | {"backend": choose(params.model)}
     data = {}
     for domain in params.domains():
         prefix = paths.tokens_prefix(domain)
-        data[domain] = {"idx_sha256": _sha256_file(f"{prefix}.idx"), "bin_bytes": os.path.getsize(f"{prefix}.bin")}
-    inputs = {"model": params.model.model_dump(mode="json"), "trunk": trunk,
-              "tokenizer_sha256": _sha256_file(paths.tokenizer_file()), "tokens": data}
+        data[domain] = {"idx_sha256": _sha256_file(f"{prefix}.idx"), "bin_sha256": _sha256_file(f"{prefix}.bin")}
+    inputs = {"model": model, "trunk": trunk, "tokenizer_sha256": _sha256_file(paths.tokenizer_file()), "tokens": data}
     if branch is not None:
         inputs["decay"] = params.decays[branch].model_dump(mode="json")
     return inputs
@@ -70,68 +89,94 @@ def fingerprint(params: Params, branch: str | None = None) -> str:
 
 # --- state dicts -----------------------------------------------------------------------------
 
-def _init_optimizer_state(optimizer: torch.optim.Optimizer) -> None:
-    """Give every parameter empty AdamW state so loading has buffers of the right shape to fill."""
-    for group in optimizer.param_groups:
-        for p in group["params"]:
-            if not optimizer.state[p]:
-                optimizer.state[p] = {"step": torch.zeros((), dtype=torch.float32),
-                                      "exp_avg": torch.zeros_like(p), "exp_avg_sq": torch.zeros_like(p)}
+def _sharded(model: torch.nn.Module, optimizer, is_loading: bool = False) -> dict:
+    """Model (and optimizer: `CpuAdamW` or megatron's, same interface) as ShardedTensors keyed by parameter.
+    Always the bare GPTModel's keys (without the GPU wrappers' `module.` prefixes), so every backend and
+    evaluation reads every checkpoint."""
+    from megatron.core.utils import unwrap_model
 
-
-def _optimizer_sharded(optimizer: torch.optim.Optimizer, model_sharded: dict) -> dict:
-    """AdamW state as ShardedTensors keyed like the model's parameters (reshardable across TP)."""
-    from megatron.core.dist_checkpointing.optimizer import (
-        get_param_id_to_sharded_param_map, optim_state_to_sharding_state)
-
-    params = [p for g in optimizer.param_groups for p in g["params"]]
-    state = optimizer.state_dict()
-    steps = {float(s["step"]) for s in state["state"].values()}
-    assert len(steps) <= 1, f"parameters are at different optimizer steps: {steps}"
-    id_map = get_param_id_to_sharded_param_map(model_sharded, params)
-    optim_state_to_sharding_state(state, id_map, exclude_keys=("step",))
-    state["common_step"] = steps.pop() if steps else 0.0
-    return state
-
-
-def _restore_optimizer(optimizer: torch.optim.Optimizer, loaded: dict) -> None:
-    step = loaded.pop("common_step")
-    for param_state in loaded["state"].values():
-        param_state["step"] = torch.tensor(step, dtype=torch.float32)
-    optimizer.load_state_dict(loaded)
-
-
-def _sharded(model: torch.nn.Module, optimizer: torch.optim.Optimizer | None) -> dict:
-    model_sharded = model.sharded_state_dict()
-    out = {"model": model_sharded}
+    model = unwrap_model(model)
+    out = {"model": model.sharded_state_dict()}
     if optimizer is not None:
-        out["optimizer"] = _optimizer_sharded(optimizer, model.sharded_state_dict())
+        out["optimizer"] = optimizer.sharded_state_dict(model.sharded_state_dict(), is_loading=is_loading)
     return out
+
+
+def _rank() -> int:
+    return torch.distributed.get_rank() if torch.distributed.is_initialized() else 0
 
 
 # --- save / load -----------------------------------------------------------------------------
 
-def save(directory: str | Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer | None,
-         state: dict, meta: dict, log: list[dict]) -> None:
-    """Write a complete model dir into `directory` (normally the temp dir of `workflow.io.atomic_dir`)."""
+@contextlib.contextmanager
+def atomic_save_dir(path: str | Path) -> Iterator[Path]:
+    """`workflow.io.atomic_dir` for every rank of a job: rank 0 owns the temp dir and the final rename,
+    the others write their shards into the same temp dir; nothing appears at `path` until all are done."""
+    dist = torch.distributed
+    if not dist.is_initialized() or dist.get_world_size() == 1:
+        with atomic_dir(path) as tmp:
+            yield tmp
+        return
+    if dist.get_rank() == 0:
+        with atomic_dir(path) as tmp:
+            dist.broadcast_object_list([str(tmp)], src=0)
+            yield tmp
+            dist.barrier()
+    else:
+        box: list = [None]
+        dist.broadcast_object_list(box, src=0)
+        yield Path(box[0])
+        dist.barrier()
+    dist.barrier()  # the rename is done before anyone reads `path`
+
+
+def save(directory: str | Path, model: torch.nn.Module, optimizer, state: dict, meta: dict, log: list[dict]) -> None:
+    """Write a complete model dir into `directory` (normally a temp dir from `atomic_save_dir`)."""
     from megatron.core import dist_checkpointing
     from megatron.core.dist_checkpointing.strategies.torch import TorchDistSaveShardedStrategy
 
     directory = Path(directory)
     (directory / CKPT).mkdir(parents=True, exist_ok=True)
+    _in_process_results_queue()
     sharded = _sharded(model, optimizer)
     sharded["state"] = state
     dist_checkpointing.save(sharded, str(directory / CKPT),
                             sharded_strategy=TorchDistSaveShardedStrategy("torch_dist", 1, thread_count=1))
+    if _rank() != 0:
+        return
     with open(directory / LOG, "w") as f:
         for row in log:
             f.write(json.dumps(row, sort_keys=True) + "\n")
+    if log:
+        write_dvclive(directory / LIVE, log)
     write_json(directory / META, meta)  # last: its presence marks the dir complete
 
 
-def load(directory: str | Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer | None = None) -> dict:
+def _in_process_results_queue() -> None:
+    """megatron's torch_dist writer hands its results back through a multiprocessing Manager queue that
+    it spawns (a fresh interpreter importing torch: ~6 s measured under load) on a process's first save.
+    Our saves are synchronous, so the results never leave this process: an in-process queue does."""
+    from megatron.core.dist_checkpointing.strategies import filesystem_async
+
+    if filesystem_async._results_queue is None:
+        filesystem_async._results_queue = queue.Queue()
+
+
+def write_dvclive(directory: Path, log: list[dict]) -> None:
+    """The per-step curves as a dvclive run (`plots/metrics/<name>.tsv`, x = step) for `dvc plots`."""
+    from dvclive import Live
+
+    with Live(str(directory), save_dvc_exp=False, dvcyaml=None, report=None) as live:
+        for row in log:
+            live.step = row["step"]
+            for name in LIVE_METRICS:
+                live.log_metric(name, row[name])
+
+
+def load(directory: str | Path, model: torch.nn.Module, optimizer=None) -> dict:
     """Load weights (and optimizer state when given) into place; returns the saved non-tensor `state`."""
     from megatron.core import dist_checkpointing
+    from megatron.core.utils import unwrap_model
 
     if os.environ.get("TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD", "").lower() in ("1", "true", "yes"):
         raise CheckpointError("TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD is set: refusing to unpickle checkpoint objects")
@@ -139,14 +184,12 @@ def load(directory: str | Path, model: torch.nn.Module, optimizer: torch.optim.O
     problem = incomplete(directory)
     if problem:
         raise CheckpointError(problem)
+    if optimizer is not None and not read_meta(directory).get("has_optimizer", False):
+        raise CheckpointError(f"{directory}: has no optimizer state (a merge?); it cannot be trained from")
+    loaded = dist_checkpointing.load(_sharded(model, optimizer, is_loading=True), str(directory / CKPT))
+    unwrap_model(model).load_state_dict(loaded["model"])
     if optimizer is not None:
-        if not read_meta(directory).get("has_optimizer", False):
-            raise CheckpointError(f"{directory}: has no optimizer state (a merge?); it cannot be trained from")
-        _init_optimizer_state(optimizer)
-    loaded = dist_checkpointing.load(_sharded(model, optimizer), str(directory / CKPT))
-    model.load_state_dict(loaded["model"])
-    if optimizer is not None:
-        _restore_optimizer(optimizer, loaded["optimizer"])
+        optimizer.load_state_dict(loaded["optimizer"])
     return loaded.get("state", {})
 
 

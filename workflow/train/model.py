@@ -1,9 +1,14 @@
-"""The GPT: megatron-core `GPTModel` built from `params.model` (RMSNorm, RoPE, SwiGLU, GQA, no biases)."""
+"""The GPT: megatron-core `GPTModel` built from `params.model` (RMSNorm, RoPE, SwiGLU, GQA, no biases).
+
+Tensor/pipeline sizes come from megatron's `parallel_state` (the process layout), not from params, so
+one checkpoint loads under any layout: a TP=2 training run's weights load into a TP=1 evaluation.
+"""
 
 from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
+from megatron.core.transformer.dot_product_attention import DotProductAttention
 
 from workflow.params import Model
 from workflow.train.backend import Backend
@@ -11,10 +16,13 @@ from workflow.train.backend import Backend
 VOCAB_MULTIPLE = 128
 
 
-def padded_vocab_size(vocab_size: int, tp: int) -> int:
-    """Round the tokenizer's vocabulary up to a multiple of 128 * tp (megatron's make_vocab_size_divisible_by)."""
-    multiple = VOCAB_MULTIPLE * tp
-    return -(-vocab_size // multiple) * multiple
+def padded_vocab_size(vocab_size: int, tp: int = 1) -> int:
+    """The tokenizer's vocabulary rounded up to a multiple of 128, the same for every TP size (so
+    checkpoints reshard); each TP rank holds an equal slice of it."""
+    padded = -(-vocab_size // VOCAB_MULTIPLE) * VOCAB_MULTIPLE
+    if padded % tp:
+        raise ValueError(f"model.parallel.tp = {tp} does not divide the padded vocabulary ({padded}); use a power of two")
+    return padded
 
 
 def ffn_size(model: Model) -> int:
@@ -22,7 +30,8 @@ def ffn_size(model: Model) -> int:
     return model.ffn_hidden_size or -(-(8 * model.hidden_size // 3) // 64) * 64
 
 
-def transformer_config(model: Model, backend: Backend):
+def transformer_config(model: Model, config_kwargs: dict, tp: int = 1, pp: int = 1):
+    """megatron's TransformerConfig of `model` with a backend's precision settings (`Backend.config_kwargs`)."""
     from megatron.core.transformer.transformer_config import TransformerConfig
 
     return TransformerConfig(
@@ -39,25 +48,29 @@ def transformer_config(model: Model, backend: Backend):
         hidden_dropout=model.hidden_dropout,
         attention_dropout=model.attention_dropout,
         init_method_std=model.init_method_std,
-        tensor_model_parallel_size=model.parallel.tp,
-        pipeline_model_parallel_size=model.parallel.pp,
+        tensor_model_parallel_size=tp,
+        pipeline_model_parallel_size=pp,
         bias_activation_fusion=False,
         masked_softmax_fusion=False,
         bias_dropout_fusion=False,
         apply_rope_fusion=False,
         persist_layer_norm=False,
-        **backend.config_kwargs,
+        **config_kwargs,
     )
 
 
 def build_model(model: Model, backend: Backend, vocab_size: int) -> torch.nn.Module:
-    """A fresh GPTModel on the backend's device (initialised from torch's current RNG state)."""
+    """A fresh GPTModel on the backend's device for the current process layout (initialised from
+    torch's current RNG state; with CPU initialisation the weights do not depend on TP)."""
+    from megatron.core import parallel_state
     from megatron.core.models.gpt import GPTModel
 
+    tp = parallel_state.get_tensor_model_parallel_world_size()
+    pp = parallel_state.get_pipeline_model_parallel_world_size()
     gpt = GPTModel(
-        config=transformer_config(model, backend),
+        config=transformer_config(model, backend.config_kwargs, tp, pp),
         transformer_layer_spec=backend.layer_spec(),
-        vocab_size=padded_vocab_size(vocab_size, model.parallel.tp),
+        vocab_size=padded_vocab_size(vocab_size, tp),
         max_sequence_length=model.seq_length,
         share_embeddings_and_output_weights=model.tie_embeddings,
         position_embedding_type="rope",
@@ -71,3 +84,30 @@ def token_losses(gpt: torch.nn.Module, backend: Backend, tokens: torch.Tensor, l
     positions = torch.arange(tokens.size(1), device=tokens.device).unsqueeze(0).expand_as(tokens)
     with backend.autocast():
         return gpt(tokens, positions, None, labels=labels).float()
+
+
+def flops_per_token(model: Model, vocab_size: int, attention: bool = True) -> float:
+    """Training FLOPs per token: 3x the forward matmuls (projections, SwiGLU, logits) plus, with `attention`,
+    the score and value products counted in full as in the PaLM / Megatron MFU convention."""
+    h, s, layers = model.hidden_size, model.seq_length, model.num_layers
+    kv = h // model.num_attention_heads * (model.num_query_groups or model.num_attention_heads)
+    per_layer = 2 * h * (h + 2 * kv) + 2 * h * h + 2 * 3 * h * ffn_size(model) + (4 * s * h if attention else 0)
+    return 3 * (layers * per_layer + 2 * h * padded_vocab_size(vocab_size))
+
+
+class SDPAttention(DotProductAttention):
+    """Causal core attention through `F.scaled_dot_product_attention` (no CUDA RNG tracker, no buffers).
+
+    Inputs are `[s, b, heads, dim]` (keys/values with `num_query_groups` heads); output `[s, b, heads*dim]`.
+    """
+
+    def forward(self, query, key, value, attention_mask=None, attn_mask_type=None, attention_bias=None,
+                packed_seq_params=None):
+        assert packed_seq_params is None and attention_bias is None, "SDPAttention: packed sequences / bias unsupported"
+        q, k, v = (t.permute(1, 2, 0, 3) for t in (query, key, value))  # [b, h, s, d]
+        out = F.scaled_dot_product_attention(
+            q, k, v, is_causal=True, scale=self.softmax_scale,
+            dropout_p=self.attention_dropout.p if self.training else 0.0,
+            enable_gqa=q.size(1) != k.size(1))
+        s, b = query.size(0), query.size(1)
+        return out.permute(2, 0, 1, 3).reshape(s, b, -1)
