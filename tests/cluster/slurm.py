@@ -1,0 +1,194 @@
+"""A real one-node SLURM cluster for tests: Debian's munge, slurmctld and slurmd, started as root.
+
+Recipe: /work/shared/notes/slurm-local.md. `slurm.conf` must sit at its default path
+(`/etc/slurm/slurm.conf`): the `srun` that Snakemake's job step runs inside each job reads no
+`SLURM_CONF` from the submitting shell. An existing file there is put back on `stop()`.
+Every daemon this module starts is stopped by the pid in its pid file; a munged that was
+already running is used and left alone.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import time
+from pathlib import Path
+
+PACKAGES = ["slurmctld", "slurmd", "slurm-client", "munge"]
+BINARIES = ["slurmctld", "slurmd", "munged", "sbatch", "squeue", "sinfo", "srun"]
+SLURM_CONF = Path("/etc/slurm/slurm.conf")
+MUNGE_PID = Path("/run/munge/munged.pid")
+LOCK = Path("/tmp/arbor-test-slurm.lock")  # one test cluster per machine: the config path is global
+
+
+class Unavailable(Exception):
+    """The SLURM packages are missing and cannot be installed here; the message says why."""
+
+
+class StartError(RuntimeError):
+    """A daemon did not come up; the message holds the tail of its log."""
+
+
+def _sh(cmd: list[str], timeout: float = 600, **kw) -> subprocess.CompletedProcess:
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, **kw)
+
+
+def _alive(pid: int) -> bool:
+    """True while the process runs (a zombie left for a non-reaping init counts as gone)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat.rsplit(")", 1)[1].split()[0] != "Z"
+
+
+def _read_pid(path: Path) -> int | None:
+    try:
+        return int(path.read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def install() -> None:
+    """apt-get the Debian packages when a binary is missing; Unavailable when that cannot be done."""
+    missing = [b for b in BINARIES if shutil.which(b) is None and not Path("/usr/sbin", b).exists()]
+    if not missing:
+        return
+    if os.geteuid() != 0 or shutil.which("apt-get") is None:
+        raise Unavailable(f"{', '.join(missing)} missing and cannot be installed (needs root and apt-get)")
+    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+    for cmd in (["apt-get", "update", "-qq"], ["apt-get", "install", "-y", "-qq", *PACKAGES]):
+        proc = _sh(cmd, env=env)
+        if proc.returncode != 0:
+            raise Unavailable(f"`{' '.join(cmd)}` failed ({proc.returncode}): {proc.stderr.strip()[-500:]}")
+
+
+def slurm_conf(state: Path) -> str:
+    """A one-node cluster: this host, its CPUs and memory as `slurmd -C` reports them, partition `debug`."""
+    host = socket.gethostname().split(".")[0]
+    node = _sh(["slurmd", "-C"]).stdout.splitlines()[0]  # NodeName=<host> CPUs=... RealMemory=...
+    return "\n".join([
+        "ClusterName=arbor-test",
+        f"SlurmctldHost={host}",
+        "SlurmUser=root",
+        "SlurmdUser=root",
+        "AuthType=auth/munge",
+        f"StateSaveLocation={state}/ctld",
+        f"SlurmdSpoolDir={state}/d",
+        f"SlurmctldPidFile={state}/slurmctld.pid",
+        f"SlurmdPidFile={state}/slurmd.pid",
+        f"SlurmctldLogFile={state}/slurmctld.log",
+        f"SlurmdLogFile={state}/slurmd.log",
+        "ProctrackType=proctrack/linuxproc",
+        "TaskPlugin=task/none",
+        "MpiDefault=none",
+        "SelectType=select/cons_tres",
+        "SelectTypeParameters=CR_Core_Memory",
+        "ReturnToService=2",
+        "MinJobAge=600",  # finished jobs stay visible to `squeue`, the status command without accounting
+        "AccountingStorageType=accounting_storage/none",
+        "JobAcctGatherType=jobacct_gather/none",
+        "SchedulerParameters=sched_interval=1",
+        node,
+        f"PartitionName=debug Nodes={host} Default=YES MaxTime=INFINITE State=UP",
+        "",
+    ])
+
+
+class LocalSlurm:
+    """`start()` brings the cluster up (installing packages where missing), `stop()` takes it down."""
+
+    def __init__(self, state: Path):
+        self.state = state
+        self.started: list[tuple[str, Path]] = []  # (daemon, pid file) in start order
+        self._conf_backup: Path | None = None  # the slurm.conf found at SLURM_CONF, put back by stop()
+        self._conf_written = False
+        self._lock = None
+
+    def start(self, timeout: float = 60) -> "LocalSlurm":
+        self._lock = open(LOCK, "w")
+        fcntl.flock(self._lock, fcntl.LOCK_EX)  # waits for another test session's cluster
+        try:
+            install()
+            self._start_munge()
+            for sub in ("ctld", "d"):
+                (self.state / sub).mkdir(parents=True, exist_ok=True)
+            if SLURM_CONF.exists():
+                self._conf_backup = self.state / "slurm.conf.orig"
+                shutil.copy2(SLURM_CONF, self._conf_backup)
+            SLURM_CONF.parent.mkdir(parents=True, exist_ok=True)
+            SLURM_CONF.write_text(slurm_conf(self.state))
+            self._conf_written = True
+            self._daemon("slurmctld", ["slurmctld", "-i"], self.state / "slurmctld.pid")
+            self._daemon("slurmd", ["slurmd"], self.state / "slurmd.pid")
+            self._wait_idle(timeout)
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def _start_munge(self) -> None:
+        pid = _read_pid(MUNGE_PID)
+        if pid and _alive(pid):
+            return
+        if not Path("/etc/munge/munge.key").exists():
+            _sh(["runuser", "-u", "munge", "--", "mungekey", "--create"])
+        Path("/run/munge").mkdir(parents=True, exist_ok=True)
+        for d in ("/run/munge", "/var/log/munge", "/var/lib/munge", "/etc/munge"):
+            if Path(d).exists():
+                shutil.chown(d, "munge", "munge")
+        self._daemon("munged", ["runuser", "-u", "munge", "--", "munged"], MUNGE_PID)
+
+    def _daemon(self, name: str, cmd: list[str], pid_file: Path) -> None:
+        proc = _sh(cmd, timeout=60)
+        if proc.returncode != 0:
+            raise StartError(f"{name} did not start ({proc.returncode}): {proc.stderr.strip()[-500:]}{self._logs()}")
+        for _ in range(100):
+            pid = _read_pid(pid_file)
+            if pid and _alive(pid):
+                self.started.append((name, pid_file))
+                return
+            time.sleep(0.1)
+        raise StartError(f"{name} wrote no live pid to {pid_file}{self._logs()}")
+
+    def _wait_idle(self, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            state = _sh(["sinfo", "-h", "-o", "%T"], timeout=30).stdout.strip()
+            if state.startswith("idle"):
+                return
+            time.sleep(0.5)
+        raise StartError(f"the node did not become idle in {timeout:.0f} s (sinfo: {state!r}){self._logs()}")
+
+    def _logs(self) -> str:
+        tails = []
+        for log in ("slurmctld.log", "slurmd.log"):
+            path = self.state / log
+            if path.exists():
+                tails.append(f"\n--- {log}\n" + "\n".join(path.read_text().splitlines()[-15:]))
+        return "".join(tails)
+
+    def stop(self, timeout: float = 30) -> None:
+        for name, pid_file in reversed(self.started):
+            pid = _read_pid(pid_file)
+            if pid is None or not _alive(pid):
+                continue
+            os.kill(pid, signal.SIGTERM)
+            deadline = time.monotonic() + timeout
+            while _alive(pid) and time.monotonic() < deadline:
+                time.sleep(0.1)
+            if _alive(pid):
+                os.kill(pid, signal.SIGKILL)
+        self.started.clear()
+        if self._conf_backup is not None:
+            shutil.copy2(self._conf_backup, SLURM_CONF)
+        elif self._conf_written:
+            SLURM_CONF.unlink(missing_ok=True)
+        self._conf_backup, self._conf_written = None, False
+        if self._lock is not None:
+            self._lock.close()  # releases the flock
+            self._lock = None
