@@ -11,6 +11,9 @@ rule eval_tasks:
         "logs/eval_tasks/eval_tasks.log",
     benchmark:
         "benchmarks/eval_tasks/eval_tasks.tsv"
+    threads: stage_threads("eval_tasks")
+    resources:
+        **stage_resources("eval_tasks"),
     conda:
         CPU_ENV
     shell:

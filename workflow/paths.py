@@ -15,6 +15,17 @@ def curated_dir(source: str) -> str:
     return f"{ARTIFACTS}/curated/{source}"
 
 
+def curate_shard_dir(source: str, part: int | str) -> str:
+    """One input file of a source after the per-document filters (`curate-shard`); an intermediate."""
+    part = f"{part:05d}" if isinstance(part, int) else part
+    return f"{ARTIFACTS}/.curate/{source}/shard-{part}"
+
+
+def curate_split_dir(source: str) -> str:
+    """A source's dedup labels and held-out split (`curate-split`); an intermediate."""
+    return f"{ARTIFACTS}/.curate/{source}/split"
+
+
 def tokenizer_dir() -> str:
     return f"{ARTIFACTS}/tokenizer"
 
@@ -65,6 +76,11 @@ def model_dir(model_id: str) -> str:
 
 def eval_file(model_id: str) -> str:
     return f"{ARTIFACTS}/eval/{model_id}.json"
+
+
+def tasks_dir() -> str:
+    """Data of the local lm-eval tasks (`eval-tasks`); the task YAMLs in workflow/tasks/ name files in it."""
+    return f"{ARTIFACTS}/tasks"
 
 
 def train_log(model_dir_path: str) -> str:

@@ -147,7 +147,7 @@ def describe(params: Params, model_id: str) -> tuple[str, str, int]:
 
 def collect(params: Params) -> list[Model]:
     """Every model, sorted: trunk by step, decays by branch point, merges inputs-first."""
-    decays = sorted(params.decays, key=lambda b: (params.decays[b].from_step, params.decays[b].steps, b))
+    decays = sorted(params.decays, key=lambda b: (params.decays[b].from_step, params.decays[b].total_steps, b))
     ids = [f"trunk-{s}" for s in params.trunk.checkpoints] + [f"decay-{b}" for b in decays] + \
         [f"merge-{m}" for m in params.merge_order()]
     models = []

@@ -22,9 +22,9 @@ def snakemake(repo: Path, *args: str) -> str:
     return run([sys.executable, "-m", "snakemake", "--profile", "profiles/local", "--cores", "2", *args], repo).stdout
 
 
-def scheduled(repo: Path) -> set[str]:
+def scheduled(repo: Path, *args: str) -> set[str]:
     """Outputs of the jobs a dry run would execute (the `all` target excluded)."""
-    out = snakemake(repo, "--dry-run")
+    out = snakemake(repo, "--dry-run", *args)
     return {o for line in re.findall(r"^\s+output: (.+)$", out, flags=re.M) for o in line.split(", ")}
 
 
@@ -82,11 +82,10 @@ def test_curation_edit_reruns_everything_downstream(study):
     edit_params(study, lambda p: p["curation"].update(min_chars=40))
     try:
         params = load_params(study / "params.yaml")
-        everything = {paths.curated_dir(s) for s in params.sources} | {paths.tokenizer_dir(), paths.report_dir()}
+        everything = {paths.curated_dir(s) for s in params.sources} | {paths.tokenizer_dir(), paths.tasks_dir(), paths.report_dir()}
         assert everything <= scheduled(study)
-        curate_jobs = {s: [*dag.curate_parts(params, s), "split", "gather"] for s in params.sources}
-        assert len(scheduled(study)) == 1 + 1 + sum(len(j) for j in curate_jobs.values()) + len(params.sources) \
-            + len(params.trunk.checkpoints) + len(params.decays) + len(params.merges) + len(params.model_ids())
+        # curation feeds every other stage: the edit schedules the whole DAG, as --forceall plans it
+        assert scheduled(study) == scheduled(study, "--forceall")
         assert dvc_changed(study) == {f"curate-{s}" for s in params.sources} | {f"curate-split-{s}" for s in params.sources} \
             | {f"curate-shard-{s}-{p}" for s in params.sources for p in dag.curate_parts(params, s)}
     finally:
@@ -102,3 +101,22 @@ def test_new_branch_runs_only_that_branch(study):
     assert set(re.findall(r"Running stage '([^']+)'", ran)) == {"decay@extra", "evaluate_decay@extra", "report"}
     assert dvc_changed(study) == set()
     assert (study / paths.eval_file("decay-extra")).is_file()
+
+
+def test_loss_weighted_merge_waits_for_its_inputs_evals(study):
+    """A loss_weighted merge reads its inputs' evals: an edge in both engines; adding one runs only it."""
+    from tests.engines import dvc_jobs, snakemake_jobs
+
+    edit_params(study, lambda p: p["merges"].update(
+        lw={"models": ["decay-short", "decay-late"], "method": "loss_weighted", "temperature": 0.1}))
+    evals = {paths.eval_file("decay-short"), paths.eval_file("decay-late")}
+    assert evals <= snakemake_jobs(study)[paths.merge_dir("lw")].inputs
+    assert evals <= dvc_jobs(study)[paths.merge_dir("lw")].inputs
+    assert scheduled(study) == {paths.merge_dir("lw"), paths.eval_file("merge-lw"), paths.report_dir()}
+    ran = dvc(study, "repro").stdout
+    assert set(re.findall(r"Running stage '([^']+)'", ran)) == {"merge-lw", "evaluate_merge@lw", "report"}
+    losses = [json.loads((study / paths.eval_file(m)).read_text())["heldout"]["all"]["loss"] for m in ("decay-short", "decay-late")]
+    weights = [math.exp(-loss / 0.1) for loss in losses]
+    meta = json.loads((study / paths.merge_dir("lw") / "meta.json").read_text())
+    assert [i["model"] for i in meta["lineage"]["inputs"]] == ["decay-short", "decay-late"]
+    assert [i["weight"] for i in meta["lineage"]["inputs"]] == pytest.approx([w / sum(weights) for w in weights])

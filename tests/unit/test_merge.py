@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 
 import pytest
 import torch
@@ -18,7 +19,9 @@ from workflow.train import trunk
 def merge_params(train_study):
     raw = train_params_dict(checkpoints=[2, 4, 6])
     raw["merges"] = {"avg": {"models": ["trunk-2", "trunk-4", "trunk-6"]},
-                     "nested": {"models": ["merge-avg", "trunk-6"]}}
+                     "nested": {"models": ["merge-avg", "trunk-6"]},
+                     "weighted": {"models": ["trunk-2", "trunk-4", "trunk-6"], "method": "weighted", "weights": [1, 2, 5]},
+                     "lawa": {"trunk_last_k": 2, "method": "loss_weighted", "temperature": 0.05}}
     params = parse_params(raw)
     trunk.run(params, None)
     return params
@@ -59,3 +62,69 @@ def test_merge_missing_input(train_study):
     raw["merges"] = {"x": {"models": ["trunk-2", "trunk-4"]}}
     with pytest.raises(ckpt.CheckpointError, match="trunk-2"):
         merge.run(parse_params(raw), "x")
+
+
+def weighted_mean(inputs: list[dict], coeffs: list[float]) -> dict:
+    """The spec: float32(sum_i c_i * float64(x_i) / sum_i c_i), summed in input order."""
+    out = {}
+    for k in inputs[0]:
+        acc = torch.zeros_like(inputs[0][k], dtype=torch.float64)
+        for w, c in zip(inputs, coeffs):
+            acc = acc + w[k].double() * c
+        out[k] = (acc / sum(coeffs)).to(inputs[0][k].dtype)
+    return out
+
+
+def test_weighted_merge_is_exact(merge_params, train_weights):
+    merge.run(merge_params, "weighted")
+    inputs = [train_weights(paths.trunk_dir(s), merge_params) for s in (2, 4, 6)]
+    merged = train_weights(paths.merge_dir("weighted"), merge_params)
+    expected = weighted_mean(inputs, [1.0, 2.0, 5.0])
+    assert merged.keys() == expected.keys()
+    for k in merged:
+        assert torch.equal(merged[k], expected[k]), k
+    meta = ckpt.read_meta(paths.merge_dir("weighted"))
+    assert [i["weight"] for i in meta["lineage"]["inputs"]] == [1 / 8, 2 / 8, 5 / 8]
+
+
+def test_loss_weighted_merge_of_last_k(merge_params, train_weights):
+    from workflow import dag
+    from workflow.io import write_json
+
+    assert merge_params.merge_inputs("lawa") == ["trunk-4", "trunk-6"]
+    assert dag.inputs(merge_params, "merge", "lawa") == [paths.trunk_dir(4), paths.trunk_dir(6),
+                                                         paths.eval_file("trunk-4"), paths.eval_file("trunk-6")]
+    assert dag.inputs(merge_params, "merge", "weighted") == [paths.trunk_dir(s) for s in (2, 4, 6)]
+    with pytest.raises(ckpt.CheckpointError, match="trunk-4.json: missing"):
+        merge.run(merge_params, "lawa")
+    losses = {"trunk-4": 5.25, "trunk-6": 5.2}  # held-out losses as `evaluate` reports them
+    for model, loss in losses.items():
+        write_json(paths.eval_file(model), {"model": model, "heldout": {"all": {"loss": loss, "bpb": 1.0, "tokens": 10}}})
+    softmax = torch.softmax(-torch.tensor(list(losses.values()), dtype=torch.float64) / 0.05, dim=0).tolist()
+    assert softmax == pytest.approx([1 / (1 + math.e), math.e / (1 + math.e)])  # loss gap = temperature
+    merge.run(merge_params, "lawa")
+    meta = ckpt.read_meta(paths.merge_dir("lawa"))
+    assert [i["weight"] for i in meta["lineage"]["inputs"]] == pytest.approx(softmax, rel=1e-12)
+    inputs = [train_weights(paths.trunk_dir(s), merge_params) for s in (4, 6)]
+    expected = weighted_mean(inputs, merge.coefficients(merge_params, "lawa"))
+    merged = train_weights(paths.merge_dir("lawa"), merge_params)
+    for k in merged:
+        assert torch.equal(merged[k], expected[k]), k
+
+
+@pytest.mark.parametrize("merge_cfg, key", [
+    ({"models": ["trunk-4"], "trunk_last_k": 2}, "merges.m: give exactly one"),
+    ({}, "merges.m: give exactly one"),
+    ({"trunk_last_k": 3}, "merges.m.trunk_last_k: 3 is more than the 2"),
+    ({"trunk_last_k": 2, "weights": [1, 1]}, "merges.m.weights: required by method weighted"),
+    ({"trunk_last_k": 2, "method": "weighted", "weights": [1, 1, 1]}, "merges.m.weights: 3 weights for 2 models"),
+    ({"trunk_last_k": 2, "method": "loss_weighted"}, "merges.m.temperature: required"),
+    ({"trunk_last_k": 2, "method": "weighted", "weights": [1, 0]}, "merges.m.weights.1"),
+])
+def test_merge_schema_errors(merge_cfg, key):
+    from workflow.params import ParamsError
+
+    raw = train_params_dict(checkpoints=[4, 8])
+    raw["merges"] = {"m": merge_cfg}
+    with pytest.raises(ParamsError, match=key.replace(".", r"\.")):
+        parse_params(raw)

@@ -22,7 +22,7 @@ def test_default_and_tiny_studies_validate():
         p = load_params(path)
         assert p.model_ids()[0].startswith("trunk-")
     p = load_params(ROOT / "params.yaml")
-    assert {"trunk-100", "decay-early", "merge-decays"} <= set(p.model_ids())
+    assert {"trunk-200", "decay-early", "merge-lawa", "merge-decays"} <= set(p.model_ids())
 
 
 def _broken(study: dict, edit) -> dict:

@@ -13,8 +13,8 @@ torch RNG, data stream + position, step and the cumulative train log.
 
 from __future__ import annotations
 
-import math
 import shutil
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -22,7 +22,7 @@ from pathlib import Path
 import torch
 
 from workflow import paths
-from workflow.params import Params
+from workflow.params import Parallel, Params
 from workflow.train import backend as be
 from workflow.train import checkpoint as ckpt
 from workflow.train.data import DataStream, TokenizerInfo, domain_weights
@@ -32,11 +32,12 @@ NEVER = 10**15  # trunk "decay length": the stable phase never reaches its annea
 
 
 def schedule(params: Params, branch: str | None = None) -> dict:
-    """`OptimizerParamScheduler` arguments (units: optimizer steps).
+    """`OptimizerParamScheduler` arguments (units: optimizer steps, counted from `schedule_origin`).
 
     Trunk: linear warmup to `trunk.lr`, then WSD whose anneal starts at step 10**15 (never): constant.
-    Decay: WSD whose anneal covers exactly the branch's steps after `from_step`, from the peak to
-    `final_lr` with the chosen shape; no warmup (the branch starts at the peak).
+    Decay (counted from its branch point): optional re-warm, megatron's linear warmup from 0 to the peak over
+    `rewarm.steps`; then WSD whose anneal covers exactly the branch's decay steps, from the peak to its final
+    LR with the chosen shape. Without re-warm the branch starts at the peak, where the trunk is.
     """
     t = params.trunk
     common = dict(init_lr=0.0, max_lr=t.lr, lr_decay_style="WSD", start_wd=t.weight_decay, end_wd=t.weight_decay,
@@ -46,17 +47,21 @@ def schedule(params: Params, branch: str | None = None) -> dict:
         return common | dict(min_lr=0.0, lr_warmup_steps=t.warmup_steps, lr_decay_steps=NEVER,
                              wsd_decay_steps=1, lr_wsd_decay_style="linear")
     d = params.decays[branch]
-    if d.final_lr > t.lr:
-        raise ValueError(f"decays.{branch}.final_lr ({d.final_lr}) is above the peak trunk.lr ({t.lr})")
-    return common | dict(min_lr=d.final_lr, lr_warmup_steps=0, lr_decay_steps=d.from_step + d.steps,
-                         wsd_decay_steps=d.steps, lr_wsd_decay_style=d.shape)
+    return common | dict(max_lr=d.peak_lr(t), min_lr=d.min_lr(t), lr_warmup_steps=d.rewarm_steps,
+                         lr_decay_steps=d.total_steps, wsd_decay_steps=d.decay_steps, lr_wsd_decay_style=d.shape)
 
 
-def setup(params: Params) -> tuple[be.Backend, TokenizerInfo]:
-    """Backend, threads, process group and tokenizer facts: the common start of every stage."""
+def schedule_origin(params: Params, branch: str | None = None) -> int:
+    """The optimizer step at which the schedule's own count is 0: the trunk's start, or a branch point."""
+    return 0 if branch is None else params.decays[branch].from_step
+
+
+def setup(params: Params, parallel: Parallel | None = None) -> tuple[be.Backend, TokenizerInfo]:
+    """Backend, threads, process group and tokenizer facts: the common start of every stage.
+    `parallel`: the training layout (`params.model.parallel`); None = one process, TP = PP = 1."""
     be.set_threads()
     backend = be.resolve(params.model)
-    be.init_distributed(backend, params.model.parallel.tp, params.model.parallel.pp)
+    be.init_distributed(backend, parallel)
     return backend, TokenizerInfo.load(params)
 
 
@@ -71,11 +76,12 @@ class Session:
         from megatron.core.optimizer_param_scheduler import OptimizerParamScheduler
 
         self.params, self.branch = params, branch
-        self.backend, self.tokenizer = setup(params)
+        self.backend, self.tokenizer = setup(params, params.model.parallel)
         be.seed_everything(self.backend, params.trunk.seed)
-        self.model = build_model(params.model, self.backend, self.tokenizer.vocab_size)
+        gpt = build_model(params.model, self.backend, self.tokenizer.vocab_size)
+        self.model = self.backend.wrap_for_training(gpt)
         t = params.trunk
-        self.optimizer = be.make_optimizer(self.model, t.lr, t.weight_decay, (t.adam_beta1, t.adam_beta2), t.adam_eps)
+        self.optimizer = self.backend.optimizer(self.model, t)
         self.scheduler = OptimizerParamScheduler(self.optimizer, **schedule(params, branch))
         self.stream = DataStream(params, self.tokenizer, domain_weights(params, t.mixture))
         self.position = 0  # next stream sample
@@ -96,11 +102,17 @@ class Session:
         state = ckpt.load(directory, self.model, self.optimizer)
         self.step = int(state["step"])
         self.scheduler.num_steps = 0
-        self.scheduler.step(self.step)
+        self.scheduler.step(self.step - schedule_origin(self.params, self.branch))
         be.set_rng_state(self.backend, state["rng"])
         self.stream = DataStream.from_state(self.params, self.tokenizer, state["data"])
         self.position = int(state["data"]["position"])
         self.log = ckpt.read_log(directory) if keep_log else []
+
+    def reset_optimizer(self) -> None:
+        """Fresh optimizer state (zero AdamW moments, step count 0): a warm restart. The scheduler keeps its step."""
+        self.optimizer = self.backend.optimizer(self.model, self.params.trunk)
+        self.scheduler.optimizer = self.optimizer
+        self.scheduler.step(0)  # set the current LR on the new optimizer's groups
 
     def switch_stream(self, mixture: dict[str, float]) -> None:
         """Continue with new domain weights, every domain resuming where the current stream left it."""
@@ -120,7 +132,9 @@ class Session:
                 "vocab_size": self.tokenizer.vocab_size, "data": self.stream.state(self.position)}
 
     def save(self, directory: str | Path, meta: dict) -> None:
-        ckpt.save(directory, self.model, self.optimizer, self.state(), meta, self.log)
+        """Write a complete model dir at `directory`, atomically (every rank writes its shards)."""
+        with ckpt.atomic_save_dir(directory) as tmp:
+            ckpt.save(tmp, self.model, self.optimizer, self.state(), meta, self.log)
 
     # --- training --------------------------------------------------------------------------
 
@@ -130,20 +144,24 @@ class Session:
         self.model.train()
         self.scheduler.step(1)
         lr = self.optimizer.param_groups[0]["lr"]
-        self.optimizer.zero_grad(set_to_none=True)
+        self.backend.zero_grad(self.model, self.optimizer)
         total_tokens = t.global_batch_size * self.params.model.seq_length
-        loss_sum = 0.0
-        for m in range(0, t.global_batch_size, t.micro_batch_size):
+        replica, replicas = be.data_parallel()  # each replica takes a contiguous share of the global batch
+        share = t.global_batch_size // replicas
+        loss_sum = torch.zeros((), device=self.backend.device)
+        for m in range(replica * share, (replica + 1) * share, t.micro_batch_size):
             tokens, labels = self.stream.batch(self.position + m, t.micro_batch_size)
             losses = token_losses(self.model, self.backend, tokens.to(self.backend.device), labels.to(self.backend.device))
             loss = losses.sum() / total_tokens
             loss.backward()
-            loss_sum += loss.item()
-        grad_norm = clip_grads(self.model, t.grad_clip)
-        self.optimizer.step()
+            loss_sum += loss.detach()
+        self.backend.finish_grads(self.model)
+        _, grad_norm, _ = self.optimizer.step()
+        if replicas > 1:
+            torch.distributed.all_reduce(loss_sum, group=be.data_parallel_group())
         self.position += t.global_batch_size
         self.step += 1
-        row = {"step": self.step, "loss": loss_sum, "lr": lr, "grad_norm": grad_norm,
+        row = {"step": self.step, "loss": float(loss_sum), "lr": lr, "grad_norm": float(grad_norm),
                "tokens_per_s": total_tokens / (time.perf_counter() - start), "consumed_samples": self.consumed_samples}
         self.log.append(row)
         return row
@@ -154,22 +172,28 @@ class Session:
         point to `scratch` (atomically). Returns a summary dict and prints a one-line summary."""
         from tqdm import tqdm
 
-        from workflow.io import atomic_dir
-
         first, t0 = self.step, time.perf_counter()
-        interval = self.params.trunk.save_interval
-        bar = tqdm(total=end_step - first, desc=model_id, unit="step", disable=not is_main() or None,
+        interval, log_every = self.params.trunk.save_interval, self.params.trunk.log_interval
+        tty = sys.stderr.isatty()
+        bar = tqdm(total=end_step - first, desc=model_id, unit="step", disable=not (is_main() and tty),
                    dynamic_ncols=True, leave=False)
         row = None
         with bar:
             while self.step < end_step:
                 row = self.train_step()
                 bar.update(1)
-                if self.step % self.params.trunk.log_interval == 0:
-                    bar.set_postfix(loss=f"{row['loss']:.4f}", lr=f"{row['lr']:.2e}")
+                if self.step % log_every == 0 or self.step == end_step:
+                    if tty:
+                        bar.set_postfix(loss=f"{row['loss']:.4f}", lr=f"{row['lr']:.2e}",
+                                        tok_s=f"{row['tokens_per_s']:,.0f}")
+                    elif is_main():  # log files: one plain line, with the ETA
+                        done, elapsed = self.step - first, time.perf_counter() - t0
+                        eta = elapsed / done * (end_step - self.step)
+                        print(f"{model_id} step {self.step}/{end_step} loss {row['loss']:.4f} lr {row['lr']:.3e} "
+                              f"grad_norm {row['grad_norm']:.3f} {row['tokens_per_s']:,.0f} tokens/s "
+                              f"eta {eta:,.0f}s", file=sys.stderr, flush=True)
                 if scratch and self.step % interval == 0 and self.step < end_step:
-                    with atomic_dir(scratch) as tmp:
-                        self.save(tmp, meta())
+                    self.save(scratch, meta())
         seconds = time.perf_counter() - t0
         steps = self.step - first
         tokens = steps * self.params.trunk.global_batch_size * self.params.model.seq_length
@@ -180,23 +204,6 @@ class Session:
             print(f"{model_id}: {steps} steps ({first}->{self.step}), {tokens:,} tokens in {seconds:.1f}s, "
                   f"final loss {loss}, {summary['tokens_per_s']:,.0f} tokens/s", flush=True)
         return summary
-
-
-def clip_grads(model: torch.nn.Module, max_norm: float) -> float:
-    """Clip the global gradient norm (tensor-parallel aware: TP-duplicated params counted once)."""
-    from megatron.core import parallel_state
-    from megatron.core.tensor_parallel import param_is_not_tensor_parallel_duplicate
-
-    params = [p for p in model.parameters() if p.grad is not None]
-    grads = [p.grad for p in params]
-    counted = [p.grad.detach().float() for p in params if param_is_not_tensor_parallel_duplicate(p)]
-    sq = torch.stack([g.pow(2).sum() for g in counted]).sum() if counted else torch.zeros(())
-    if parallel_state.get_tensor_model_parallel_world_size() > 1:
-        torch.distributed.all_reduce(sq, group=parallel_state.get_tensor_model_parallel_group())
-    norm = float(sq.sqrt())
-    if math.isfinite(norm) and norm > max_norm:
-        torch._foreach_mul_(grads, max_norm / (norm + 1e-6))
-    return norm
 
 
 def remove_tree(path: str | Path) -> None:
