@@ -73,18 +73,6 @@ def tracked_keys(params: Params) -> list[str]:
     return list(dict.fromkeys(keys))
 
 
-def _fill(node: Any, default: Any, added: list[str], prefix: str) -> Any:
-    """Add the missing leaves of `default` under a ruamel mapping `node`."""
-    for key, value in default.items():
-        dotted = f"{prefix}.{key}" if prefix else key
-        if key not in node:
-            node[key] = value
-            added.append(dotted)
-        elif isinstance(value, dict) and isinstance(node[key], dict) and value:
-            _fill(node[key], value, added, dotted)
-    return node
-
-
 def fill_defaults(params: Params, path: str | Path = "params.yaml") -> list[str]:
     """Write the schema defaults of every tracked key that `path` leaves out (comments kept).
 
@@ -101,25 +89,15 @@ def fill_defaults(params: Params, path: str | Path = "params.yaml") -> list[str]
     if not missing:
         return []
     resolved = params.model_dump(mode="json")
-    added: list[str] = []
-    for dotted in tracked_keys(params):
-        parts = dotted.split(".")
+    for dotted in missing:
+        *parents, leaf = dotted.split(".")
         node, default = doc, resolved
-        for part in parts[:-1]:
-            default = default[part]
-            if part not in node:
-                node[part] = {}
-            node = node[part]
-        leaf = parts[-1]
-        value = default[leaf]
-        if leaf not in node:
-            node[leaf] = value
-            added.append(dotted)
-        elif isinstance(value, dict) and isinstance(node[leaf], dict):
-            _fill(node[leaf], value, added, dotted)
+        for part in parents:
+            node, default = node.setdefault(part, {}), default[part]
+        node[leaf] = default[leaf]
     with atomic_file(path) as f:
         yaml_rt.dump(doc, f)
-    return added
+    return missing
 
 
 def missing_keys(params: Params, raw: dict[str, Any]) -> list[str]:
@@ -146,7 +124,7 @@ def missing_keys(params: Params, raw: dict[str, Any]) -> list[str]:
             out.append(dotted)
         else:
             walk(node, default, dotted)
-    return out
+    return list(dict.fromkeys(out))  # tracked keys overlap (`trunk` and `trunk.lr`)
 
 
 _MISSING = object()
