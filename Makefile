@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed-stamp
 CORES ?= all
 export PATH := $(abspath $(BIN)):$(PATH)
 
-.PHONY: install run study dag dvc.yaml test test-fast bench clean help
+.PHONY: install run study dag dvc.yaml test test-fast bench bench-quick clean help
 
 help:  ## list targets
 	@grep -E '^[a-z.-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
@@ -44,6 +44,12 @@ test: install  ## run the test suite (slow tests included)
 
 test-fast: install  ## the suite without the slow end-to-end tests
 	$(PY) -m pytest -m "not slow" $(PYTEST_ARGS)
+
+bench: install  ## run every bench/ script (~25 min on 2 cores), print one table, write bench/results.json
+	$(PY) bench/run_all.py $(BENCH_ARGS)
+
+bench-quick: install  ## bench/ at minimal sizes, make_run skipped: a smoke test (figures mean nothing)
+	$(PY) bench/run_all.py --quick $(BENCH_ARGS)
 
 clean:  ## remove every artifact of the default study (keeps .venv and the DVC cache)
 	rm -rf artifacts reports logs benchmarks .snakemake/incomplete

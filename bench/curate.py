@@ -32,6 +32,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 # bench/ holds scripts named like stdlib modules (tokenize.py): import from the repo root, not from here.
 sys.path[:] = [str(ROOT)] + [p for p in sys.path if Path(p or ".").resolve() != ROOT / "bench"]
+from bench.common import Row, add_json_option, write_result  # noqa: E402
+
 DEFAULT_FILES = sorted(glob.glob(str(ROOT / "data/sample/*/*.jsonl.zst")))
 
 
@@ -102,6 +104,7 @@ def main() -> None:
     ap.add_argument("files", nargs="*", default=DEFAULT_FILES)
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--limit", type=int, default=None, help="use only the first N documents")
+    add_json_option(ap)
     args = ap.parse_args()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     work = Path(tempfile.mkdtemp(prefix="bench-curate-"))
@@ -146,6 +149,17 @@ def main() -> None:
             differ = len(kept[name] ^ kept["datatrove"])
             print(f"same keep/drop decision as datatrove ({name}): {100 * (1 - differ / n_docs):.2f}% "
                   f"({differ} of {n_docs:,} documents differ)")
+        agree = 100 * (1 - len(kept["ours-fast"] ^ kept["datatrove"]) / n_docs)
+        rate = {k: n_docs / c for k, (_, c) in med.items()}  # docs per CPU second: steadier on a shared machine
+        dt = "datatrove LocalPipelineExecutor"
+        write_result(args.json, "curate", [
+            Row("curation, regex word splitter (1 core)", rate["ours-fast"], "docs/CPU-s", dt, rate["datatrove"],
+                rate["ours-fast"] / rate["datatrove"], note=f"{base[0] / med['ours-fast'][0]:.2f}x wall; {n_docs:,} docs, {n_bytes / 1e6:.1f} MB"),
+            Row("curation, spaCy splitter = datatrove's blocks (orchestration)", rate["ours-spacy"], "docs/CPU-s", dt,
+                rate["datatrove"], rate["ours-spacy"] / rate["datatrove"],
+                note=f"overhead {100 * (med['ours-spacy'][0] / base[0] - 1):+.1f}% wall"),
+            Row("curation, same keep/drop decision as datatrove (regex splitter)", agree, "%", target=">= 99",
+                note="workflow/params.py: word_tokenizer fast")])
     finally:
         shutil.rmtree(work, ignore_errors=True)
 

@@ -26,6 +26,7 @@ import shutil  # noqa: E402
 import tempfile  # noqa: E402
 import time  # noqa: E402
 
+from bench.common import Row, add_json_option, write_result  # noqa: E402
 from bench.train import write_corpus  # noqa: E402
 
 
@@ -53,9 +54,15 @@ def main() -> None:
     parser.add_argument("--vocab", type=int, default=32768)
     parser.add_argument("--global-batch", type=int, default=16)
     parser.add_argument("--micro-batch", type=int, default=4)
+    add_json_option(parser)
     args = parser.parse_args()
 
     import torch
+
+    if not torch.cuda.is_available():  # the reason on a CPU machine (backend.validate would name Transformer Engine first)
+        print("gpu_smoke: not run: no CUDA device is visible (a CPU-only machine)")
+        write_result(args.json, "gpu_smoke", [], skipped="no CUDA device is visible (a CPU-only machine)")
+        return
 
     from workflow.params import parse_params
     from workflow.train import backend as be
@@ -71,6 +78,7 @@ def main() -> None:
         be.validate(params.model)
     except be.BackendError as err:
         print(f"gpu_smoke: not run: {err}")
+        write_result(args.json, "gpu_smoke", [], skipped=str(err))
         return
 
     from workflow.train.loop import Session
@@ -96,6 +104,10 @@ def main() -> None:
               f"{rate:,.0f} tokens/s, loss {losses[0]:.3f} -> {losses[-1]:.3f}")
         print(f"MFU: {fpt / 1e9:.2f} GFLOP/token x {rate:,.0f} tokens/s = {fpt * rate / 1e12:.1f} TFLOP/s over measured "
               f"bf16 matmul {peak / 1e12:.0f} TFLOP/s = {100 * fpt * rate / peak:.1f}%")
+        setup = f"{torch.cuda.get_device_name()}, FP8 {args.recipe}, {args.layers} layers x {args.hidden}, seq {args.seq}"
+        write_result(args.json, "gpu_smoke", [
+            Row(f"GPU training ({setup})", rate, "tok/s", note=f"loss {losses[0]:.3f} -> {losses[-1]:.3f}"),
+            Row("GPU MFU", 100 * fpt * rate / peak, "% of bf16 matmul", note=f"matmul {peak / 1e12:.0f} TFLOP/s")])
     finally:
         os.chdir(ROOT)
         shutil.rmtree(work, ignore_errors=True)

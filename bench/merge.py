@@ -26,6 +26,8 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 # bench/ holds scripts named like stdlib modules (tokenize.py): import from the repo root, not from here.
 sys.path[:] = [str(ROOT)] + [p for p in sys.path if Path(p or ".").resolve() != ROOT / "bench"]
+from bench.common import Row, add_json_option, write_result  # noqa: E402
+
 INPUTS = 8
 
 
@@ -77,6 +79,7 @@ def main() -> None:
     parser.add_argument("--hidden", type=int, default=512)
     parser.add_argument("--layers", type=int, default=8)
     parser.add_argument("--repeats", type=int, default=3)
+    add_json_option(parser)
     args = parser.parse_args()
     warnings.filterwarnings("ignore")  # megatron: "Transformer Engine and Apex are not installed"
 
@@ -102,6 +105,9 @@ def main() -> None:
         extra = rss[INPUTS] - rss[2]
         print(f"ratio {INPUTS}/2: {rss[INPUTS] / rss[2]:.3f} ({extra:+.0f} MB = {extra / model_mb:+.2f} x the model; "
               f"holding every input would add about {INPUTS - 2} x)")
+        write_result(args.json, "merge", [Row(
+            f"merge peak RSS, {INPUTS} inputs ({model_mb:.0f} MB model)", rss[INPUTS], "MB", "2 inputs", rss[2],
+            rss[INPUTS] / rss[2], note=f"{extra / model_mb:+.2f} x the model; holding every input: about +{INPUTS - 2} x")])
 
 
 if __name__ == "__main__":

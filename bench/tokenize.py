@@ -44,6 +44,8 @@ import subprocess  # noqa: E402
 import tempfile  # noqa: E402
 import time  # noqa: E402
 
+from bench.common import Row, add_json_option, write_result  # noqa: E402
+
 EOD_TOKEN = "<|endoftext|>"
 
 
@@ -223,6 +225,7 @@ def main() -> None:
     ap.add_argument("--corpus", choices=["auto", "curated", "sample"], default="auto",
                     help="texts to repeat: curated training shards, the raw embedded sample, or curated when present")
     ap.add_argument("--tokenizer", help="a tokenizer.json with the EOD token (default: the study's, else trained)")
+    add_json_option(ap)
     ap.add_argument("--run", choices=sorted(CONTENDERS), help=argparse.SUPPRESS)
     ap.add_argument("--files", help=argparse.SUPPRESS)
     ap.add_argument("--tok", help=argparse.SUPPRESS)
@@ -283,6 +286,12 @@ def main() -> None:
         print(f"(a)/(c) = {ac:.2f}  (target >= 0.8: {'met' if ac >= 0.8 else 'NOT met'})")
         print(f"outputs: (a) and (b) .bin/.idx byte-identical, same token count as (c); "
               f"1-min load average during the run: {min(loads):.2f}-{max(loads):.2f} on {os.cpu_count()} CPUs")
+        size = f"{n_bytes / 1e6:.0f} MB, {args.workers} workers"
+        write_result(args.json, "tokenize", [
+            Row(f"tokenize ({size})", med["arbor"], "tok/s", "Megatron-LM preprocess_data approach", med["megatron"], ab,
+                ">= 1.5", note="byte-identical .bin/.idx"),
+            Row(f"tokenize vs raw encoder ({size})", med["arbor"], "tok/s", "encode_batch_fast in memory", med["ceiling"], ac,
+                ">= 0.8")])
 
 
 if __name__ == "__main__":

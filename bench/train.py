@@ -40,6 +40,8 @@ import statistics  # noqa: E402
 import tempfile  # noqa: E402
 import time  # noqa: E402
 
+from bench.common import Row, add_json_option, write_result  # noqa: E402
+
 EOD = "<|endoftext|>"
 
 
@@ -190,6 +192,7 @@ def main() -> None:
     parser.add_argument("--global-batch", type=int, default=8)
     parser.add_argument("--micro-batch", type=int, default=4)
     parser.add_argument("--save-interval", type=int, default=25)
+    add_json_option(parser)
     args = parser.parse_args()
 
     import torch
@@ -237,6 +240,15 @@ def main() -> None:
         print(f"MFU: {fpt / 1e6:.1f} MFLOP/token x {med['trunk']:,.0f} tokens/s = {fpt * med['trunk'] / 1e9:.2f} GFLOP/s "
               f"over measured fp32 matmul {peak / 1e9:.1f} GFLOP/s = {100 * fpt * med['trunk'] / peak:.1f}% "
               f"(bare loop {100 * fpt * med['bare'] / peak:.1f}%); load {os.getloadavg()[0]:.1f}")
+        model = f"{args.layers} layers x {args.hidden}, seq {args.seq}"
+        write_result(args.json, "train", [
+            Row(f"training end to end, trunk stage ({model})", med["trunk"], "tok/s", "bare megatron loop", med["bare"],
+                ratio, ">= 0.97", note=f"per CPU second {cpu_ratio:.3f}; includes setup and checkpoints"),
+            Row("training step, trunk loop (interleaved steps)", statistics.median(trunk_s), "s/step", "bare loop step",
+                statistics.median(bare_s), step_ratio, ">= 0.97",
+                note=f"one save = {100 * amortized:.1f}% of the steps between saves"),
+            Row("training MFU, trunk stage (CPU)", 100 * fpt * med["trunk"] / peak, "% of fp32 matmul",
+                note=f"bare loop {100 * fpt * med['bare'] / peak:.1f}%; matmul {peak / 1e9:.1f} GFLOP/s")])
     finally:
         os.chdir(ROOT)
         shutil.rmtree(work, ignore_errors=True)
