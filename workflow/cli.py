@@ -12,7 +12,7 @@ import os
 import sys
 import time
 
-from workflow.errors import StageError
+from workflow.errors import StageError, disk_full
 from workflow.params import Params, ParamsError, load_params
 
 EXIT_STAGE_ERROR = 1
@@ -135,5 +135,11 @@ def main(argv: list[str] | None = None) -> None:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         sys.exit(130)
+    except BaseException as err:  # a full disk the atomic writers did not see (they name the artifact): one line too
+        full = disk_full(err, None)
+        if full is err:
+            raise
+        print(f"error: [{args.command}] {full}", file=sys.stderr)
+        sys.exit(EXIT_STAGE_ERROR)
     if args.command not in ("check", "dvc-yaml") and os.environ.get("RANK", "0") == "0":
         print(f"[{args.command}] done in {time.perf_counter() - start:.1f}s", file=sys.stderr)

@@ -13,6 +13,8 @@ from typing import Any
 
 import zstandard
 
+from workflow.errors import disk_full
+
 
 def _tmp_name(path: Path) -> Path:
     return path.with_name(f"{path.name}.tmp-{os.getpid()}")
@@ -22,18 +24,20 @@ def _tmp_name(path: Path) -> Path:
 def atomic_dir(path: str | Path) -> Iterator[Path]:
     """Yield a temporary directory that replaces `path` only if the block succeeds.
 
-    A killed process leaves at most a `<path>.tmp-<pid>` directory, never something at `path`.
+    A killed process leaves at most a `<path>.tmp-<pid>` directory, never something at `path`; a full
+    disk raises DiskFullError naming `path` (like `atomic_file`).
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = _tmp_name(path)
     shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
     try:
+        tmp.mkdir()
         yield tmp
-    except BaseException:
+    except BaseException as exc:
+        err = disk_full(exc, path)
         shutil.rmtree(tmp, ignore_errors=True)
-        raise
+        raise err
     if path.exists():
         old = path.with_name(f"{path.name}.old-{os.getpid()}")
         os.replace(path, old)
@@ -55,9 +59,10 @@ def atomic_file(path: str | Path, mode: str = "w") -> Iterator[Any]:
             yield f
             f.flush()
             os.fsync(f.fileno())
-    except BaseException:
+    except BaseException as exc:
+        err = disk_full(exc, path)
         tmp.unlink(missing_ok=True)
-        raise
+        raise err
     os.replace(tmp, path)
     _fsync_dir(path.parent)
 

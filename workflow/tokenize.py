@@ -2,7 +2,8 @@
 
     artifacts/tokens/<domain>.bin/.idx           training documents
     artifacts/tokens/<domain>.heldout.bin/.idx   held-out documents
-    artifacts/tokens/<domain>.stats.json         written last: its presence marks completion
+    artifacts/tokens/<domain>.stats.json         written last: its presence marks completion; counts and the
+                                                 four files' checksums (`files`), checked by every reader
 
 One Megatron "document" per curated document (one sequence each), the EOD token appended. Token
 dtype: uint16 when every token id fits (vocabulary under 65,500 entries, Megatron's rule), else
@@ -14,7 +15,7 @@ ever appears at the end of a document, and decoding a document gives back its te
 Pipeline (one split at a time, in shard order):
 
     parent: zstd shards -> chunks of whole JSON lines (~`chunk_bytes`)   --apply_async-->
-    worker processes: json.loads, `encode_batch_fast` (one core each), ids -> numpy array
+    worker processes: json.loads, encode (one core each), ids -> numpy array
     parent: results taken back *in submission order* -> .bin (tokens) and .idx (streamed)
 
 Memory is bounded and does not depend on the corpus size: at most `window` (2 per worker)
@@ -23,10 +24,14 @@ its strings and encodings; the parent writes tokens straight to the `.bin` and t
 straight to disk (sequence lengths into the `.idx`, pointers into a side file appended at the
 end), never keeping a per-document list. Measured peak RSS (VmHWM), with C = `chunk_bytes` + the
 longest document (at most `curation.max_doc_bytes`): parent ~40 MB + 2 * window * C, each worker
-~55 MB + ~40 * C (strings, `Encoding` objects, id lists). Defaults (1 MiB chunks) on a 61 MB
+~55 MB + ~32 MB of word cache (`bytelevel.MAX_WORDS`) + ~40 * C (strings, id lists). Defaults (1 MiB chunks) on a 61 MB
 corpus with 2 workers: parent 47 MB, workers 94 MB each; for 1 MB documents the bound is ~60 MB
 + 2 x 140 MB, about 0.35 GB in all, for any corpus size
 (`tests/unit/test_tokenize.py::test_peak_rss_independent_of_corpus_size`).
+
+Encoding: a plain byte-level BPE (the one `tokenizer` trains, and GPT-2-style user tokenizers) goes
+through `workflow.bytelevel.WordCache`, ~3x less CPU than `encode_batch_fast` and identical to it
+(checked against the tokenizer at start-up, see there); any other tokenizer through `encode_batch_fast`.
 
 Determinism: a document's tokens depend only on its text (no batching effects without padding),
 chunks are cut from the input alone, and results are written in input order whatever the
@@ -36,11 +41,11 @@ Workers: `ARBOR_TOKENIZE_WORKERS`, else `OMP_NUM_THREADS` (Snakemake sets it to 
 `threads`), else every CPU this process may run on. A runtime setting, not part of the study:
 it never changes the output. With 1 worker everything runs in this process.
 
-Atomicity: everything is written under `<name>.tmp-<pid>`; publishing removes the stats file,
-then per split removes the old `.idx`, moves the new `.bin` then the new `.idx` into place, then
-writes the stats file. At every instant a visible `.bin/.idx` pair is a complete, consistent
-dataset (old or new), and until the stats file is back the domain reads as unfinished (Snakemake
-and DVC rerun it). Temporaries of killed runs (their pid is gone) are removed by the next run.
+Atomicity: everything is written under `<name>.tmp-<pid>`, the stats file included (so a full disk
+stops the run before anything is replaced); publishing removes the stats file, then per split
+removes the old `.idx`, moves the new `.bin` then the new `.idx` into place, then moves the stats
+file. At every instant a visible `.bin/.idx` pair is a complete, consistent dataset (old or new),
+and until the stats file is back the domain reads as unfinished (Snakemake and DVC rerun it). Temporaries of killed runs (their pid is gone) are removed by the next run.
 
 Only numpy and the standard library are imported at module level (worker processes import this
 module; tokenizers and zstandard load where used, the schema only in `run`), and megatron-core
@@ -134,16 +139,33 @@ def _restore_env(name: str, value: str | None) -> None:
         os.environ[name] = value
 
 
-def _init_worker(tokenizer_file: str, eod: int, dtype: str) -> None:
+def word_cache_setting(tokenizer_file: str) -> str | None:
+    """What workers need to encode through `bytelevel.WordCache` (computed once), or None: use the tokenizer."""
     from tokenizers import Tokenizer
+
+    from workflow import bytelevel
+
+    tok = prepare(Tokenizer.from_file(tokenizer_file))
+    return None if bytelevel.unsupported(tok) else bytelevel.disagreeing_chars(tok)
+
+
+def _init_worker(tokenizer_file: str, eod: int, dtype: str, disagreeing: str | None) -> None:
+    from tokenizers import Tokenizer
+
+    from workflow import bytelevel
 
     # One core per worker: tokenizers' own thread pool would oversubscribe the CPUs we were given.
     os.environ["TOKENIZERS_PARALLELISM"] = "false"
-    _WORKER.update(tok=prepare(Tokenizer.from_file(tokenizer_file)), eod=eod, dtype=np.dtype(dtype))
+    tok = prepare(Tokenizer.from_file(tokenizer_file))
+    cache = None if disagreeing is None else bytelevel.WordCache(tok, disagreeing)
+    _WORKER.update(tok=tok, cache=cache, eod=eod, dtype=np.dtype(dtype))
 
 
-def _encode(tok, texts: list[str]) -> list[list[int]]:
-    return [e.ids for e in tok.encode_batch_fast(texts, add_special_tokens=False)]
+def _encode(texts: list[str]) -> list[list[int]]:
+    cache = _WORKER["cache"]
+    if cache is not None:
+        return [cache.encode(text) for text in texts]
+    return [e.ids for e in _WORKER["tok"].encode_batch_fast(texts, add_special_tokens=False)]
 
 
 def _texts(chunk: bytes, origin: str) -> list[str]:
@@ -165,7 +187,7 @@ def _texts(chunk: bytes, origin: str) -> list[str]:
 def encode_chunk(chunk: bytes, origin: str = "") -> tuple[np.ndarray, np.ndarray, int]:
     """JSON lines -> (tokens with EOD after each document, int32 lengths, UTF-8 bytes of text)."""
     texts = _texts(chunk, origin)
-    ids = _encode(_WORKER["tok"], texts)
+    ids = _encode(texts)
     eod = _WORKER["eod"]
     for doc in ids:
         doc.append(eod)
@@ -220,7 +242,7 @@ class Encoder:
 
     def __init__(self, tokenizer_file: str, eod: int, dtype, workers: int):
         self.workers = workers
-        self.args = (tokenizer_file, eod, np.dtype(dtype).name)
+        self.args = (tokenizer_file, eod, np.dtype(dtype).name, word_cache_setting(tokenizer_file))
         self.pool = None
 
     def __enter__(self) -> "Encoder":
@@ -361,15 +383,19 @@ def _remove_stale_temporaries(domain_prefix: str) -> None:
 
 
 def _publish(prefixes: list[str], stats_path: str, stats: dict) -> None:
+    from workflow import integrity
     from workflow.io import _fsync_dir, write_json
 
+    staged = integrity.manifest([_tmp(p + ext) for p in prefixes for ext in (".bin", ".idx")], Path(stats_path).parent)
+    files = {name.removesuffix(_tmp("")): entry for name, entry in staged.items()}
+    write_json(_tmp(stats_path), {**stats, integrity.FILES: files})  # before replacing anything: a full disk stops here
     Path(stats_path).unlink(missing_ok=True)
     for prefix in prefixes:
         Path(prefix + ".idx").unlink(missing_ok=True)          # never an old .idx beside a new .bin
         os.replace(_tmp(prefix + ".bin"), prefix + ".bin")
         os.replace(_tmp(prefix + ".idx"), prefix + ".idx")
+    os.replace(_tmp(stats_path), stats_path)                   # the completion marker, last
     _fsync_dir(Path(stats_path).parent)
-    write_json(stats_path, stats)                             # the completion marker, last
 
 
 class _Progress:
@@ -405,7 +431,9 @@ def run(params: "Params", source: str, workers: int | None = None) -> None:
     """Tokenizes `sources[source]` (train + held-out) with the study tokenizer."""
     from tokenizers import Tokenizer
 
-    from workflow import paths
+    from workflow import integrity, paths
+    from workflow.errors import disk_full
+    from workflow.io import read_json
     from workflow.params import ParamsError
 
     if source not in params.sources:
@@ -417,6 +445,7 @@ def run(params: "Params", source: str, workers: int | None = None) -> None:
     curated = Path(paths.curated_dir(source))
     if not (curated / "stats.json").is_file():
         raise FileNotFoundError(f"{curated}/stats.json is missing: run the curate stage for source '{source}' first")
+    integrity.verify_meta(read_json(curated / "stats.json"), curated, f"curate --source {source}")
     tok = Tokenizer.from_file(tok_file)
     eod = tok.token_to_id(params.tokenizer.eod_token)
     if eod is None:
@@ -445,13 +474,15 @@ def run(params: "Params", source: str, workers: int | None = None) -> None:
         _publish(list(prefixes.values()), stats_path,
                  {"domain": domain, "source": source, "vocab_size": vocab, "dtype": np.dtype(dtype).name, "eod": eod,
                   "train": counts["train"], "heldout": counts["heldout"]})
-    except BaseException:
+    except BaseException as exc:
+        err = disk_full(exc, f"{paths.tokens_prefix(domain)}.*")
         if progress is not None:
             progress.close()
         for prefix in prefixes.values():
             for ext in (".bin", ".idx", ".ptr"):
                 Path(_tmp(prefix + ext)).unlink(missing_ok=True)
-        raise
+        Path(_tmp(stats_path)).unlink(missing_ok=True)
+        raise err
     dt = time.perf_counter() - t0
     tr, ho = counts["train"], counts["heldout"]
     total = tr["tokens"] + ho["tokens"]

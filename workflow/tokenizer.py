@@ -24,7 +24,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-from workflow import paths
+from workflow import integrity, paths
 from workflow.io import atomic_dir, read_json, read_jsonl, write_json
 from workflow.params import Params, ParamsError
 
@@ -38,7 +38,9 @@ def _curated_bytes(source: str) -> int:
     stats_path = Path(paths.curated_dir(source)) / "stats.json"
     if not stats_path.exists():
         raise FileNotFoundError(f"{stats_path} is missing: run the curate stage for source '{source}' first")
-    return int(read_json(stats_path)["bytes_out"])
+    stats = read_json(stats_path)
+    integrity.verify_meta(stats, stats_path.parent, f"curate --source {source}")  # the shards we sample
+    return int(stats["bytes_out"])
 
 
 def _hash_unit(key: str) -> float:

@@ -113,7 +113,7 @@ def test_round_trip_through_megatron(study, split, texts):
 
 def test_stats(study):
     stats = read_json(paths.tokens_stats("webtext"))
-    assert set(stats) == {"domain", "source", "vocab_size", "dtype", "eod", "train", "heldout"}
+    assert set(stats) == {"domain", "source", "vocab_size", "dtype", "eod", "train", "heldout", "files"}
     tok = Tokenizer.from_file(paths.tokenizer_file())
     assert stats["domain"] == "webtext" and stats["source"] == "web" and stats["dtype"] == "uint16"
     assert stats["vocab_size"] == tok.get_vocab_size() and stats["eod"] == tok.token_to_id(EOD)
@@ -267,7 +267,7 @@ def test_interrupted_publish_never_leaves_a_mismatched_pair(small_study, monkeyp
 
     def dying_replace(src, dst):
         calls.append(dst)
-        if len(calls) == 2:  # after the new train .bin is in place, before its .idx
+        if len(calls) == 3:  # (1: the staged stats file) after the new train .bin is in place, before its .idx
             raise KeyboardInterrupt
         real(src, dst)
 

@@ -1,4 +1,7 @@
-"""Shared by the curate stages: zstd JSON-lines writers, intermediate fingerprints, stats files."""
+"""Shared by the curate stages: zstd JSON-lines writers, intermediate fingerprints, stats files.
+
+Every curate output dir ends with `stats.json`, written last, listing its other files' checksums
+(`workflow.integrity`); `require_stats` checks them before a later step reads the dir."""
 
 from __future__ import annotations
 
@@ -10,6 +13,8 @@ from typing import IO, Any
 import xxhash
 import zstandard
 
+from workflow import integrity
+from workflow.io import write_json
 from workflow.params import Params
 
 SHARD_NAME = "part-{:05d}.jsonl.zst"
@@ -87,8 +92,15 @@ def read_stats(directory: str | Path) -> dict | None:
         return json.load(f)
 
 
+def write_stats(directory: str | Path, stats: dict) -> None:
+    """`stats.json` with the checksums of every other file in `directory` (write it last)."""
+    write_json(Path(directory) / STATS, {**stats, integrity.FILES: integrity.manifest(directory, exclude=[STATS])})
+
+
 def require_stats(directory: str | Path, command: str) -> dict:
+    """A finished curate dir's stats, after checking its files against them (`command` makes it again)."""
     stats = read_stats(directory)
     if stats is None:
         raise FileNotFoundError(f"{directory}/{STATS} is missing: run `python -m workflow {command}` first")
+    integrity.verify_meta(stats, directory, command)
     return stats

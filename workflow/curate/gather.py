@@ -4,7 +4,8 @@
         part-*.jsonl.zst           training documents {id, domain, text, meta}
         heldout/part-*.jsonl.zst   the held-out split (copied from curate-split)
         stats.json                 docs_in, docs_out, bytes_in, bytes_out, heldout_*, invalid, dropped,
-                                   duplicates {exact, near}, decontaminated; no timings (byte-identical reruns)
+                                   duplicates {exact, near}, decontaminated, files (checksums of the shards);
+                                   no timings (byte-identical reruns)
 
 Reads the source's shards and split, every source's held-out split (decontamination) and
 `eval.decontaminate_files`. Accounting invariant, checked before writing:
@@ -22,10 +23,10 @@ from pathlib import Path
 import numpy as np
 
 from workflow import paths
-from workflow.curate.common import STATS, TRAIN, ShardWriter, require_stats
+from workflow.curate.common import STATS, TRAIN, ShardWriter, require_stats, write_stats
 from workflow.curate.decont import NGramIndex, eval_file_texts
 from workflow.curate.split import shard_dirs
-from workflow.io import atomic_dir, read_jsonl, write_json
+from workflow.io import atomic_dir, read_jsonl
 from workflow.params import Params, ParamsError
 
 
@@ -66,7 +67,7 @@ def run(params: Params, source: str) -> None:
     check_eval_files(params)
     src, cfg = params.sources[source], params.curation
     dirs = shard_dirs(params, source)
-    shard_stats = [require_stats(d, f"curate-shard --source {source}") for d in dirs]
+    shard_stats = [require_stats(d, f"curate-shard --source {source} --part {k}") for k, d in enumerate(dirs)]
     split_dir = Path(paths.curate_split_dir(source))
     split_stats = require_stats(split_dir, f"curate-split --source {source}")
     for s in decont_sources(params):
@@ -106,7 +107,7 @@ def run(params: Params, source: str) -> None:
         accounted = (sum(stats["invalid"].values()) + sum(stats["dropped"].values()) + sum(stats["duplicates"].values())
                      + decontaminated + stats["heldout_docs"] + stats["docs_out"])
         assert accounted == stats["docs_in"], f"curate accounting: {accounted} != docs_in {stats['docs_in']}"
-        write_json(tmp / STATS, stats)
+        write_stats(tmp, stats)
     if stats["docs_out"] == 0:
         print(f"curate {source}: WARNING no training documents survived; see {paths.curated_dir(source)}/{STATS}", file=sys.stderr)
     print(summary(source, stats))

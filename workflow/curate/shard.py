@@ -4,7 +4,7 @@
         docs.jsonl.zst   surviving documents {id, text, meta}, in input order
         digests.npy      (N, 16) uint8 content digests (exact dedup, held-out split)
         minhash.npy      (N, buckets*hashes) uint32 MinHash signatures (when near_dedup is on)
-        stats.json       docs_in, bytes_in, invalid, dropped (+ reasons), fingerprint
+        stats.json       docs_in, bytes_in, invalid, dropped (+ reasons), fingerprint, files (checksums)
 
 `part` indexes the sorted matches of `sources.<source>.paths`. Memory is bounded by the shard's
 surviving-document count (16 + 448 bytes each), never by the corpus.
@@ -20,10 +20,10 @@ import numpy as np
 
 from workflow import paths
 from workflow.curate.blocks import Pipeline, build_steps
-from workflow.curate.common import STATS, JsonlZst, file_fingerprint, fingerprint, source_settings
+from workflow.curate.common import JsonlZst, file_fingerprint, fingerprint, source_settings, write_stats
 from workflow.curate.dedup import MinHasher, text_digest
 from workflow.curate.readers import InvalidLog, Reader, display_path, expand_paths, file_size
-from workflow.io import atomic_dir, write_json
+from workflow.io import atomic_dir
 from workflow.params import Params, ParamsError
 
 
@@ -90,6 +90,6 @@ def run(params: Params, source: str, part: int) -> None:
     with atomic_dir(paths.curate_shard_dir(source, part)) as tmp:
         stats = curate_file(params, source, path, tmp)
         stats["fingerprint"] = shard_fingerprint(params, source, path)
-        write_json(tmp / STATS, stats)
+        write_stats(tmp, stats)
     print(f"curate-shard {source} {stats['file']}: {stats['docs_in']:,} in -> {stats['docs']:,} kept; "
           f"invalid {sum(stats['invalid'].values()):,}, dropped {stats['dropped']}")

@@ -3,7 +3,7 @@
     artifacts/.curate/<source>/split/
         labels-<part>.npy   uint8 per shard document: 0 train, 1 held-out, 2 exact dup, 3 near dup
         heldout/part-*.jsonl.zst   the held-out documents {id, domain, text, meta}
-        stats.json          duplicates, held-out counts, fingerprint
+        stats.json          duplicates, held-out counts, fingerprint, files (checksums)
 
 Runs after every shard of the source (and of earlier sources when
 `curation.exact_dedup_across_sources`). The held-out split is drawn from the deduplicated
@@ -18,10 +18,11 @@ from pathlib import Path
 import numpy as np
 
 from workflow import paths
-from workflow.curate.common import EXACT_DUP, HELDOUT, NEAR_DUP, STATS, TRAIN, ShardWriter, fingerprint, require_stats, source_settings
+from workflow.curate.common import (EXACT_DUP, HELDOUT, NEAR_DUP, TRAIN, ShardWriter, fingerprint, require_stats,
+                                     source_settings, write_stats)
 from workflow.curate.dedup import first_occurrences, is_heldout, near_duplicates
 from workflow.curate.readers import expand_paths
-from workflow.io import atomic_dir, read_jsonl, write_json
+from workflow.io import atomic_dir, read_jsonl
 from workflow.params import Params
 
 
@@ -38,8 +39,8 @@ def earlier_sources(params: Params, source: str) -> list[str]:
 
 
 def split_fingerprint(params: Params, source: str) -> str:
-    shards = {d: require_stats(d, "curate-shard")["fingerprint"]
-              for s in [*earlier_sources(params, source), source] for d in shard_dirs(params, s)}
+    shards = {d: require_stats(d, f"curate-shard --source {s} --part {k}")["fingerprint"]
+              for s in [*earlier_sources(params, source), source] for k, d in enumerate(shard_dirs(params, s))}
     return fingerprint("split", source_settings(params, source), shards)
 
 
@@ -47,8 +48,8 @@ def run(params: Params, source: str) -> None:
     """Write `paths.curate_split_dir(source)` from the source's shard directories."""
     cfg, domain = params.curation, params.sources[source].domain
     dirs = shard_dirs(params, source)
-    for d in dirs:
-        require_stats(d, f"curate-shard --source {source}")
+    for k, d in enumerate(dirs):
+        require_stats(d, f"curate-shard --source {source} --part {k}")
     digests = [np.load(Path(d) / "digests.npy") for d in dirs]
     sizes = [len(x) for x in digests]
     all_digests = np.concatenate(digests) if digests else np.zeros((0, 16), np.uint8)
@@ -79,6 +80,6 @@ def run(params: Params, source: str) -> None:
         stats = {"duplicates": {"exact": int(exact.sum()), "near": int(near.sum())},
                  "heldout_docs": writer.docs, "heldout_bytes": writer.bytes,
                  "fingerprint": split_fingerprint(params, source)}
-        write_json(tmp / STATS, stats)
+        write_stats(tmp, stats)
     print(f"curate-split {source}: {len(labels):,} docs; duplicates exact {stats['duplicates']['exact']:,}, "
           f"near {stats['duplicates']['near']:,}; heldout {writer.docs:,}")

@@ -19,6 +19,7 @@ from workflow import paths
 from workflow.evaluate.model import LoadedModel
 from workflow.io import read_json
 from workflow.params import Params
+from workflow.train.data import verify_tokens
 from workflow.train.model import token_losses
 
 
@@ -58,6 +59,7 @@ def heldout_metrics(params: Params, loaded: LoadedModel) -> dict[str, dict]:
     out, pooled = {}, [0.0, 0, 0.0]
     device = loaded.backend.device
     for domain in params.domains():
+        verify_tokens(params, domain, "heldout")
         tokens, labels, mask = heldout_windows(paths.tokens_prefix(domain, "heldout"), params.model.seq_length,
                                                params.eval.max_sequences)
         nats = 0.0

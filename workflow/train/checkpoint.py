@@ -7,19 +7,27 @@ Layout of every model dir (`trunk/step-N`, `decay/<b>`, `merge/<m>`, and scratch
     train_log.jsonl   one JSON object per optimizer step (loss, lr, grad_norm, tokens_per_s, consumed_samples)
     dvclive/          the same curves as a dvclive run (plots/metrics/<name>.tsv), declared as `dvc plots`
 
-Non-tensor training state (scheduler, RNG, data stream, step) lives in `common.pt`. Megatron reads
-`common.pt` (and sharded objects) with a bare `torch.load`, which is `weights_only=True` by default
-since torch 2.6; `load()` refuses to run if `TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD` would switch that off,
-so no checkpoint ever unpickles arbitrary objects.
+`meta.json` is written last and lists every other file's size and SHA-256 (`files`); `incomplete()` (so
+`check()`, `load()`, merge, evaluate and export) rejects a dir whose files do not match, naming the file.
+
+Loading never runs pickled code. Three pickles are read on load (torch 2.13, megatron-core 0.16.1):
+* `common.pt` (scheduler, RNG, data stream, step) by megatron's bare `torch.load`: `weights_only=True`, the
+  default since torch 2.6; `load()` refuses to run when `TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD` switches it off;
+* `checkpoint/.metadata` (torch DCP's index of the shards) by DCP's plain `pickle.load`;
+* sharded objects (the layers' `_extra_state`) by DCP's `torch.load(weights_only=False)`.
+Before megatron reads anything, `load()` unpickles `.metadata` with an allowlist of DCP's metadata types
+and every sharded object with `weights_only=True` (`safe_pickles`): a checkpoint that would build anything
+else is refused, so the permissive reads that follow only ever see data.
 """
 
 from __future__ import annotations
 
 import contextlib
-import functools
 import hashlib
+import io
 import json
 import os
+import pickle
 import queue
 from collections.abc import Iterator
 from pathlib import Path
@@ -27,11 +35,11 @@ from typing import Any
 
 import torch
 
-from workflow import paths
+from workflow import integrity, paths
 from workflow.dag import TRUNK_LAYOUT_KEYS
 from workflow.io import atomic_dir, read_json, write_json
 from workflow.errors import StageError
-from workflow.params import Params
+from workflow.params import Params, ParamsError, parse_model_id
 
 CKPT = "checkpoint"
 META = "meta.json"
@@ -46,34 +54,24 @@ class CheckpointError(StageError):
 
 # --- fingerprints ----------------------------------------------------------------------------
 
-def _sha256_file(path: str) -> str:
-    stat = os.stat(path)
-    return _sha256_cached(os.path.abspath(path), stat.st_mtime_ns, stat.st_size)
-
-
-@functools.lru_cache(maxsize=64)
-def _sha256_cached(path: str, _mtime_ns: int, _size: int) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def fingerprint_inputs(params: Params, branch: str | None = None) -> dict:
     """Everything that determines a trunk's (or a decay branch's) weights: the architecture, the precision
     path actually used (cpu = fp32, gpu = bf16 + fp8 settings), the optimisation settings, the tokenizer
     and the token files' bytes. Not the process layout (`model.parallel`): megatron checkpoints reshard,
     so a run may continue at another TP size (same math, different float summation order)."""
     from workflow.train.backend import choose
+    from workflow.train.data import verify_tokens
 
     trunk = params.trunk.model_dump(mode="json", exclude=TRUNK_LAYOUT_KEYS)
     model = params.model.model_dump(mode="json", exclude={"parallel", "backend"}) | {"backend": choose(params.model)}
     data = {}
     for domain in params.domains():
+        verify_tokens(params, domain)  # corrupt token files are an error, not new inputs (that would retrain)
         prefix = paths.tokens_prefix(domain)
-        data[domain] = {"idx_sha256": _sha256_file(f"{prefix}.idx"), "bin_sha256": _sha256_file(f"{prefix}.bin")}
-    inputs = {"model": model, "trunk": trunk, "tokenizer_sha256": _sha256_file(paths.tokenizer_file()), "tokens": data}
+        data[domain] = {"idx_sha256": integrity.sha256(f"{prefix}.idx"),
+                        "bin_sha256": integrity.sha256(f"{prefix}.bin")}
+    inputs = {"model": model, "trunk": trunk, "tokenizer_sha256": integrity.sha256(paths.tokenizer_file()),
+              "tokens": data}
     if branch is not None:
         inputs["decay"] = params.decays[branch].model_dump(mode="json")
     return inputs
@@ -144,12 +142,26 @@ def save(directory: str | Path, model: torch.nn.Module, optimizer, state: dict, 
                             sharded_strategy=TorchDistSaveShardedStrategy("torch_dist", 1, thread_count=1))
     if _rank() != 0:
         return
+    _drop_run_ids(directory / CKPT)
     with open(directory / LOG, "w") as f:
         for row in log:
             f.write(json.dumps(row, sort_keys=True) + "\n")
     if log:
         write_dvclive(directory / LIVE, log)
-    write_json(directory / META, meta)  # last: its presence marks the dir complete
+    files = integrity.manifest(directory, exclude=[META])  # every rank's shards are written by now
+    write_json(directory / META, {**meta, integrity.FILES: files})  # last: its presence marks the dir complete
+
+
+def _drop_run_ids(checkpoint: Path) -> None:
+    """torch DCP's `.metadata` records where and when it was written (`storage_meta`: the temp dir, so the pid,
+    and a random save id); readers default it when absent. Dropped, so a rerun (or a resumed run) writes the
+    same bytes as the first run and DVC sees the same checkpoint."""
+    path = checkpoint / ".metadata"
+    with open(path, "rb") as f:
+        metadata = _MetadataUnpickler(f).load()
+    metadata.storage_meta = None
+    with open(path, "wb") as f:
+        pickle.dump(metadata, f)
 
 
 def _in_process_results_queue() -> None:
@@ -186,6 +198,7 @@ def load(directory: str | Path, model: torch.nn.Module, optimizer=None) -> dict:
         raise CheckpointError(problem)
     if optimizer is not None and not read_meta(directory).get("has_optimizer", False):
         raise CheckpointError(f"{directory}: has no optimizer state (a merge?); it cannot be trained from")
+    safe_pickles(directory / CKPT)
     loaded = dist_checkpointing.load(_sharded(model, optimizer, is_loading=True), str(directory / CKPT))
     unwrap_model(model).load_state_dict(loaded["model"])
     if optimizer is not None:
@@ -218,7 +231,76 @@ def incomplete(directory: str | Path) -> str | None:
         return f"{directory}: unreadable {META} ({err})"
     if "fingerprint" not in meta:
         return f"{directory}: {META} has no fingerprint"
+    files = integrity.recorded(meta, directory, _rerun(meta))
+    if files is not None:
+        problem = integrity.problem(files, directory)
+        if problem:
+            return f"{problem}; rerun `python -m workflow {_rerun(meta)}`"
     return None
+
+
+def _rerun(meta: dict) -> str:
+    """The command that writes this model dir again."""
+    try:
+        kind, key = parse_model_id(str(meta.get("model_id")))
+    except ParamsError:
+        return "trunk/decay/merge (the stage that wrote it)"
+    return {"trunk": f"trunk --step {key}", "decay": f"decay --branch {key}", "merge": f"merge --name {key}"}[kind]
+
+
+# --- pickles -----------------------------------------------------------------------------------
+
+# What torch DCP pickles into `.metadata` (torch 2.13): its metadata dataclasses, torch.Size, dtypes, layouts.
+_DCP_GLOBALS = {
+    "torch.distributed.checkpoint.metadata": {"Metadata", "MetadataIndex", "StorageMeta", "TensorProperties",
+                                              "TensorStorageMetadata", "BytesStorageMetadata",
+                                              "ChunkStorageMetadata", "_MEM_FORMAT_ENCODING"},
+    "torch.distributed.checkpoint.planner": {"SavePlan", "WriteItem", "WriteItemType", "TensorWriteData",
+                                             "BytesIOWriteData"},
+    "torch.distributed.checkpoint.filesystem": {"_StorageInfo"},
+    "torch.serialization": {"_get_layout"},  # name -> one of torch's layouts
+    "torch": {"Size"} | {name for name, value in vars(torch).items() if isinstance(value, torch.dtype)},
+}
+
+
+class _MetadataUnpickler(pickle.Unpickler):
+    def find_class(self, module: str, name: str):
+        if name not in _DCP_GLOBALS.get(module, ()):
+            raise pickle.UnpicklingError(f"global '{module}.{name}' is not torch DCP metadata")
+        return super().find_class(module, name)
+
+
+def safe_pickles(checkpoint: Path) -> None:
+    """Raise CheckpointError unless every pickle that loading a torch_dist dir reads (`common.pt`, `.metadata`,
+    each sharded object) unpickles to plain data; the module docstring says why."""
+    from torch.distributed.checkpoint.metadata import BytesStorageMetadata, Metadata
+
+    path = checkpoint / ".metadata"
+    try:
+        with open(path, "rb") as f:
+            metadata = _MetadataUnpickler(f).load()
+    except Exception as err:  # any failure is a refusal: never retried with a permissive unpickler
+        raise CheckpointError(f"{path}: refusing to unpickle ({err})") from None
+    if not isinstance(metadata, Metadata):
+        raise CheckpointError(f"{path}: holds a {type(metadata).__name__}, not torch DCP metadata")
+    _weights_only(checkpoint / "common.pt", checkpoint / "common.pt")
+    for index, info in (metadata.storage_data or {}).items():
+        if isinstance(metadata.state_dict_metadata.get(index.fqn), BytesStorageMetadata):
+            where = f"{checkpoint / info.relative_path} (object '{index.fqn}')"
+            if info.transform_descriptors:
+                raise CheckpointError(f"{where}: stored with transforms {info.transform_descriptors}; not supported")
+            with open(checkpoint / info.relative_path, "rb") as f:
+                f.seek(info.offset)
+                _weights_only(io.BytesIO(f.read(info.length)), where)
+
+
+def _weights_only(source, where) -> None:
+    try:
+        torch.load(source, map_location="cpu", weights_only=True)
+    except Exception as err:
+        lines = str(err).splitlines()
+        reason = next((line.strip() for line in lines if "Unsupported" in line), lines[0] if lines else repr(err))
+        raise CheckpointError(f"{where}: refusing to unpickle ({reason})") from None
 
 
 def check(directory: str | Path, expected_fingerprint: str) -> str | None:

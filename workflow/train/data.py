@@ -22,11 +22,12 @@ import os
 import logging
 import warnings
 from functools import lru_cache
+from pathlib import Path
 
 import numpy as np
 import torch
 
-from workflow import paths
+from workflow import integrity, paths
 from workflow.io import read_json
 from workflow.params import Params
 
@@ -56,6 +57,14 @@ class TokenizerInfo:
         if eod is None:
             raise ValueError(f"{path}: has no token {params.tokenizer.eod_token!r} (tokenizer.eod_token)")
         return cls(eod=eod, vocab_size=tok.get_vocab_size())
+
+
+def verify_tokens(params: Params, domain: str, split: str = "train") -> None:
+    """Check a split's `.bin/.idx` against the checksums in `<domain>.stats.json` before megatron opens them."""
+    stats_path = Path(paths.tokens_stats(domain))
+    name = Path(paths.tokens_prefix(domain, split)).name
+    rerun = f"tokenize --source {params.source_of_domain(domain)}"
+    integrity.verify_meta(read_json(stats_path), stats_path.parent, rerun, names=[f"{name}.bin", f"{name}.idx"])
 
 
 def domain_weights(params: Params, mixture: dict[str, float] | None) -> dict[str, float]:
@@ -111,6 +120,8 @@ class DataStream:
                  offsets: dict[str, int] | None = None) -> None:
         self.params, self.tokenizer = params, tokenizer
         self.domains = sorted(weights)  # canonical order: JSON round trips must not change the stream
+        for domain in self.domains:
+            verify_tokens(params, domain)
         self.weights = weights
         self.offsets = {d: int((offsets or {}).get(d, 0)) for d in self.domains}
         self._blend = np.zeros(0, dtype=np.int16)
