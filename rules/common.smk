@@ -5,7 +5,7 @@ import sys
 
 from snakemake.exceptions import WorkflowError
 
-from workflow import dag, paths
+from workflow import dag, lock, paths
 from workflow.params import NAME_PATTERN, ParamsError, parse_params
 
 try:
@@ -27,6 +27,22 @@ wildcard_constraints:
     step=r"\d+",
     part=r"\d{5}",
     model=rf"trunk-\d+|decay-{NAME}|merge-{NAME}",
+
+
+def hold_workspace():
+    """A run holds the workspace against DVC commands until it exits (workflow/lock.py): only the main
+    process (onstart never runs for dry runs; SLURM job steps re-run Snakemake and skip this)."""
+    if not workflow.is_main_process:
+        return
+    try:
+        lock.hold_against_dvc()
+    except lock.WorkspaceBusy as err:
+        print(f"error: {err}", file=sys.stderr)
+        sys.exit(1)
+
+
+onstart:
+    hold_workspace()
 
 
 def get_final_output():
