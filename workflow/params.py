@@ -173,7 +173,7 @@ class Tokenizer(Section):
 class Parallel(Section):
     """Training process layout: nproc_per_node * nodes processes = tp * pp * data-parallel replicas."""
     tp: PositiveInt = Field(1, description="Tensor-parallel size (divides the heads, query groups and 128).")
-    pp: PositiveInt = Field(1, description="Pipeline-parallel size (only 1 is supported by the training loop so far).")
+    pp: PositiveInt = Field(1, description="Pipeline-parallel size: stages of model.num_layers / pp consecutive layers (divides num_layers), run with megatron's 1F1B schedule.")
     nproc_per_node: PositiveInt = Field(1, description="Processes per node; >1 (or nodes > 1) makes the stage launch torchrun itself.")
     nodes: PositiveInt = Field(1, description="Nodes; >1 needs SLURM (run the stage once per node, e.g. `srun --ntasks-per-node=1`).")
     distributed_optimizer: bool = Field(False, description="GPU: shard the optimizer state over data-parallel replicas (megatron's distributed optimizer).")
@@ -226,6 +226,9 @@ class Model(Section):
             raise ValueError(f"num_attention_heads ({self.num_attention_heads}) must be divisible by num_query_groups ({groups})")
         if groups % self.parallel.tp:
             raise ValueError(f"parallel.tp ({self.parallel.tp}) must divide the query groups ({groups}) and heads")
+        if self.num_layers % self.parallel.pp:
+            raise ValueError(f"parallel.pp ({self.parallel.pp}) must divide num_layers ({self.num_layers}): "
+                             "every pipeline stage holds the same number of layers")
         return self
 
 

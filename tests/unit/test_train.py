@@ -67,7 +67,7 @@ def test_checkpoint_round_trip(train_study, tmp_path):
         for key in ("exp_avg", "exp_avg_sq", "step"):
             assert torch.equal(a.optimizer.state[pa][key], b.optimizer.state[pb][key]), key
     assert (b.step, b.position, b.scheduler.num_steps) == (3, 12, 3)
-    assert torch.equal(torch.get_rng_state(), a.state()["rng"]["cpu"])
+    assert torch.equal(torch.get_rng_state(), a.state()["rng"][0]["cpu"])
     assert [g["lr"] for g in a.optimizer.param_groups] == [g["lr"] for g in b.optimizer.param_groups]
     # continuing both gives identical steps
     assert a.train_step()["loss"] == b.train_step()["loss"]

@@ -77,6 +77,8 @@ def test_fp8_needs_a_capable_gpu():
     ({"model": {"fp8": {"recipe": "delayed", "first_last_layers_bf16": True}}}, "model.fp8"),
     ({"model": {"num_query_groups": 2, "parallel": {"tp": 4, "nproc_per_node": 4}}}, "model"),
     ({"model": {"parallel": {"tp": 2, "nproc_per_node": 3}}}, "model.parallel"),
+    ({"model": {"num_layers": 2, "parallel": {"tp": 2, "pp": 2, "nproc_per_node": 2}}}, r"tp \* pp \(4\)"),
+    ({"model": {"num_layers": 3, "parallel": {"pp": 2, "nproc_per_node": 2}}}, "parallel.pp .* num_layers"),
     ({"model": {"parallel": {"nproc_per_node": 4}}, "trunk": {"global_batch_size": 4, "micro_batch_size": 2}}, "global_batch_size"),
 ])
 def test_layout_and_precision_errors_name_the_key(change, key):
@@ -88,9 +90,11 @@ def test_layout_and_precision_errors_name_the_key(change, key):
         parse_params(raw)
 
 
-def test_pipeline_parallelism_is_refused():
-    with pytest.raises(be.BackendError, match="pp"):
-        be.validate(Model(backend="cpu", parallel={"pp": 2, "nproc_per_node": 2}))
+def test_pipeline_parallel_config():
+    model = Model(backend="cpu", num_layers=2, parallel={"pp": 2, "nproc_per_node": 2})
+    assert be.validate(model) == "cpu"
+    assert transformer_config(model, be.CPU_CONFIG_KWARGS, pp=2).pipeline_dtype == torch.float32
+    assert transformer_config(model, be.gpu_config_kwargs(model), pp=2).pipeline_dtype == torch.bfloat16
 
 
 def test_torchrun_command():

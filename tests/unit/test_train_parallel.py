@@ -1,5 +1,6 @@
-"""Parallel layouts on CPU (gloo): the stage launches torchrun itself; TP=2 and DP=2 give TP=1's losses
-(to 1e-5), and a checkpoint saved at TP=2 loads, and trains on, at TP=1."""
+"""Parallel layouts on CPU (gloo): the stage launches torchrun itself; TP=2, DP=2 and PP=2 give one process's
+losses and grad norms (to 1e-5), and a checkpoint saved under one layout loads, and trains on, under another
+(megatron's dist_checkpointing reshards model and optimizer state)."""
 
 from __future__ import annotations
 
@@ -13,8 +14,9 @@ import yaml
 
 from tests.unit.conftest import train_params_dict
 from workflow import paths
+from workflow.params import parse_params
 from workflow.train import checkpoint as ckpt
-from workflow.train import trunk
+from workflow.train import decay, trunk
 
 
 def run_stage(raw: dict, *argv: str) -> None:
@@ -26,28 +28,64 @@ def run_stage(raw: dict, *argv: str) -> None:
     assert "launching 2 processes" in done.stderr
 
 
-def losses(directory) -> list[float]:
-    return [row["loss"] for row in ckpt.read_log(directory)]
+def study(**trunk_keys) -> dict:
+    """The tiny study with two layers (one per pipeline stage at PP=2)."""
+    raw = train_params_dict(**trunk_keys)
+    raw["model"]["num_layers"] = 2
+    return raw
+
+
+def curves(directory) -> tuple[list[float], list[float]]:
+    log = ckpt.read_log(directory)
+    return [row["loss"] for row in log], [row["grad_norm"] for row in log]
+
+
+def assert_same_run(directory, reference) -> None:
+    losses, norms = curves(directory)
+    assert losses == pytest.approx(reference[0], abs=1e-5)
+    assert norms == pytest.approx(reference[1], rel=1e-5)
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("layout", [{"tp": 2, "nproc_per_node": 2}, {"nproc_per_node": 2}], ids=["tp2", "dp2"])
-def test_parallel_layout_matches_one_process(train_study, train_weights, layout, tmp_path):
-    one = train_study(checkpoints=[4, 8])
+@pytest.mark.parametrize("layout", [{"tp": 2, "nproc_per_node": 2}, {"nproc_per_node": 2}, {"pp": 2, "nproc_per_node": 2}],
+                         ids=["tp2", "dp2", "pp2"])
+def test_parallel_layout_matches_one_process(train_study, train_weights, layout):
+    one = parse_params(study(checkpoints=[4, 8]))
     trunk.run(one, None)
-    reference = {s: (losses(paths.trunk_dir(s)), train_weights(paths.trunk_dir(s), one)) for s in (4, 8)}
+    reference = {s: (curves(paths.trunk_dir(s)), train_weights(paths.trunk_dir(s), one)) for s in (4, 8)}
     shutil.rmtree(paths.trunk_root())
 
-    raw = train_params_dict(checkpoints=[4, 8])
+    raw = study(checkpoints=[4, 8])
     raw["model"]["parallel"] = layout
     run_stage(raw, "trunk", "--step", "4")
     shards = list((Path(paths.trunk_dir(4)) / ckpt.CKPT).glob("__*.distcp"))
-    assert len(shards) == layout.get("tp", 1)  # one file per TP rank; data-parallel replicas are written once
-    assert losses(paths.trunk_dir(4)) == pytest.approx(reference[4][0], abs=1e-5)
+    assert len(shards) == layout.get("tp", 1) * layout.get("pp", 1)  # data-parallel replicas are written once
+    assert_same_run(paths.trunk_dir(4), reference[4][0])
     # the 2-process checkpoint loads into a one-process model (resharded)...
     for name, weight in train_weights(paths.trunk_dir(4), one).items():
         assert weight.allclose(reference[4][1][name], atol=1e-5), name
     # ... and training continues from it in one process, optimizer state included
     assert ckpt.read_meta(paths.trunk_dir(4))["fingerprint"] == ckpt.fingerprint(one)  # layout is not in it
     trunk.run(one, 8)
-    assert losses(paths.trunk_dir(8)) == pytest.approx(reference[8][0], abs=1e-5)
+    assert_same_run(paths.trunk_dir(8), reference[8][0])
+
+
+@pytest.mark.slow
+def test_pipeline_decay_continues_a_one_process_trunk(train_study, train_weights):
+    """A PP=1 trunk checkpoint (weights, AdamW moments, RNG, data position) continues at PP=2 in a decay branch."""
+    raw = study(checkpoints=[4])
+    one = parse_params(raw)
+    trunk.run(one, 4)
+    decay.run(one, "lin")
+    reference = curves(paths.decay_dir("lin")), train_weights(paths.decay_dir("lin"), one)
+    meta = ckpt.read_meta(paths.decay_dir("lin"))
+    shutil.rmtree(paths.decay_dir("lin"))
+
+    raw["model"]["parallel"] = {"pp": 2, "nproc_per_node": 2}
+    run_stage(raw, "decay", "--branch", "lin")
+    assert_same_run(paths.decay_dir("lin"), reference[0])
+    for name, weight in train_weights(paths.decay_dir("lin"), one).items():
+        assert weight.allclose(reference[1][name], atol=1e-5), name
+    pp_meta = ckpt.read_meta(paths.decay_dir("lin"))
+    same = ("model_id", "step", "consumed_samples", "tokens_seen", "lr", "fingerprint", "lineage", "data")
+    assert {k: pp_meta[k] for k in same} == {k: meta[k] for k in same}

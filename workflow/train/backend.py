@@ -1,7 +1,7 @@
 """CPU vs GPU: the one place where the two execution paths differ.
 
 CPU: megatron-core local layer spec with a torch SDPA core attention, fp32, gloo, torch AdamW with
-     data-parallel gradient all-reduce and tensor-parallel-aware global-norm clipping.
+     data-parallel (and tied-embedding) gradient all-reduce and global-norm clipping over TP and PP ranks.
 GPU: Transformer Engine layer spec, bf16 (`Float16Module`) + FP8 from params, NCCL, megatron's DDP and
      optimizer (distributed optimizer optional).
 
@@ -21,6 +21,7 @@ import logging
 import os
 import shutil
 import tempfile
+import types
 import warnings
 from typing import Any
 
@@ -80,9 +81,6 @@ def choose(model: Model) -> str:
 def validate(model: Model) -> str:
     """Raise BackendError unless `model` can train here; returns the backend name (cpu|gpu)."""
     name = choose(model)
-    if model.parallel.pp > 1:
-        raise BackendError("model.parallel.pp > 1: pipeline parallelism is not supported by the training loop yet; "
-                           "set pp: 1 (use tp and data parallelism)")
     if model.fp8 is not None and not have_te():
         raise BackendError("model.fp8 is set but Transformer Engine is not importable here, and megatron would then "
                            "silently train in bf16; install the `gpu` extra (pip install 'arbor[gpu]') on a GPU machine "
@@ -112,7 +110,7 @@ def validate(model: Model) -> str:
 
 def gpu_config_kwargs(model: Model) -> dict[str, Any]:
     """TransformerConfig precision settings of the GPU backend: bf16 weights/activations, FP8 from params."""
-    kwargs: dict[str, Any] = {"bf16": True, "params_dtype": torch.bfloat16, "calculate_per_token_loss": True}
+    kwargs: dict[str, Any] = {"bf16": True, "params_dtype": torch.bfloat16}
     if model.fp8 is not None:
         kwargs.update(fp8=model.fp8.format, fp8_recipe=model.fp8.recipe, fp8_margin=model.fp8.margin,
                       fp8_amax_history_len=model.fp8.amax_history_len, fp8_amax_compute_algo="max",
@@ -174,7 +172,9 @@ class Backend:
         optimizer.zero_grad()
 
     def finish_grads(self, model: torch.nn.Module) -> None:
-        """After the last backward of a step: reduce gradients over data-parallel replicas."""
+        """After the last backward of a step: reduce gradients over data-parallel replicas and, with pipeline
+        stages and tied embeddings, sum the word-embedding gradients of the first and last stage (each holds
+        a copy of that weight)."""
         if self.name == "gpu":
             from megatron.core.distributed import finalize_model_grads
 
@@ -188,6 +188,12 @@ class Backend:
             torch.distributed.all_reduce(flat, group=parallel_state.get_data_parallel_group())
             for g, reduced in zip(grads, torch._utils._unflatten_dense_tensors(flat, grads)):
                 g.copy_(reduced)
+        if (parallel_state.get_pipeline_model_parallel_world_size() > 1 and model.share_embeddings_and_output_weights
+                and parallel_state.is_rank_in_embedding_group(ignore_virtual=True)):
+            weight = model.shared_embedding_or_output_weight()
+            if weight.grad is None:
+                weight.grad = torch.zeros_like(weight)
+            torch.distributed.all_reduce(weight.grad, group=parallel_state.get_embedding_group())
 
 
 def ddp_config(distributed_optimizer: bool):
@@ -218,11 +224,33 @@ def resolve(model: Model) -> Backend:
 
 
 def install_cpu_shims() -> None:
-    """Without CUDA: megatron-core asks `torch.cuda.current_device()` for buffers and RoPE (route it to
-    the CPU), and dist_checkpointing's writer calls `torch.cuda.synchronize()` after staging (a no-op)."""
-    if not torch.cuda.is_available():
-        torch.cuda.current_device = lambda: "cpu"  # type: ignore[assignment]
-        torch.cuda.synchronize = lambda device=None: None  # type: ignore[assignment]
+    """Without CUDA, megatron-core's CUDA assumptions are routed to the CPU:
+
+    * buffers, RoPE and the pipeline's receive buffers live on `torch.cuda.current_device()` (the CPU here);
+    * dist_checkpointing's writer and the pipeline's batched p2p call `torch.cuda.synchronize()` (a no-op);
+    * with tied embeddings and pipeline stages, `LanguageModule.setup_embeddings_and_output_layer` moves the
+      last stage's copy of the embedding with `.cuda()` before summing it with the first stage's (identity);
+    * the pipeline schedules count tokens in `torch.zeros(..., device="cuda")` (`CpuTorch`).
+    """
+    if torch.cuda.is_available():
+        return
+    from megatron.core.pipeline_parallel import schedules
+
+    torch.cuda.current_device = lambda: "cpu"  # type: ignore[assignment]
+    torch.cuda.synchronize = lambda device=None: None  # type: ignore[assignment]
+    torch.Tensor.cuda = lambda self, *args, **kwargs: self  # type: ignore[method-assign]
+    schedules.torch = CpuTorch("torch")  # type: ignore[attr-defined]
+
+
+class CpuTorch(types.ModuleType):
+    """`torch` as megatron's pipeline schedules see it without CUDA: `zeros(device="cuda")` makes a CPU tensor."""
+
+    def __getattr__(self, name: str):
+        return getattr(torch, name)
+
+    @staticmethod
+    def zeros(*args, device=None, **kwargs):
+        return torch.zeros(*args, device="cpu" if device == "cuda" else device, **kwargs)
 
 
 def set_threads() -> None:
@@ -293,7 +321,7 @@ def seed_everything(backend: Backend, seed: int) -> None:
         model_parallel_cuda_manual_seed(seed)
 
 
-def rng_state(backend: Backend) -> dict:
+def _own_rng_state(backend: Backend) -> dict:
     state = {"cpu": torch.get_rng_state()}
     if backend.name == "gpu":
         from megatron.core.tensor_parallel import get_cuda_rng_tracker
@@ -303,7 +331,26 @@ def rng_state(backend: Backend) -> dict:
     return state
 
 
-def set_rng_state(backend: Backend, state: dict) -> None:
+def rng_state(backend: Backend) -> list[dict]:
+    """The RNG states of every model-parallel (TP x PP) rank, in rank order, the same list on all ranks (it is
+    the checkpoint's common state): pipeline stages draw different numbers (their own layers' weights and
+    dropout), and so do the tensor-parallel ranks' CUDA trackers."""
+    from megatron.core import parallel_state
+
+    group = parallel_state.get_model_parallel_group()
+    states: list = [None] * group.size()
+    torch.distributed.all_gather_object(states, _own_rng_state(backend), group=group)
+    return states
+
+
+def set_rng_state(backend: Backend, states: list[dict] | dict) -> None:
+    """Restore this rank's entry of `rng_state`; saved under another layout, every rank takes the first."""
+    from megatron.core import parallel_state
+
+    group = parallel_state.get_model_parallel_group()
+    if isinstance(states, dict):  # saved before the states were kept per rank
+        states = [states]
+    state = states[group.rank()] if len(states) == group.size() else states[0]
     torch.set_rng_state(state["cpu"])
     if backend.name == "gpu":
         from megatron.core.tensor_parallel import get_cuda_rng_tracker
@@ -373,16 +420,18 @@ class CpuAdamW:
 
 
 def clip_grads(model: torch.nn.Module, max_norm: float) -> float:
-    """Clip the global gradient norm (tensor-parallel aware: TP-duplicated params counted once)."""
+    """Clip the global gradient norm over all tensor- and pipeline-parallel ranks, counting every weight once
+    (not TP-duplicated norms twice, nor the last pipeline stage's copy of a tied embedding)."""
     from megatron.core import parallel_state
     from megatron.core.tensor_parallel import param_is_not_tensor_parallel_duplicate
 
     params = [p for p in model.parameters() if p.grad is not None]
     grads = [p.grad for p in params]
-    counted = [p.grad.detach() for p in params if param_is_not_tensor_parallel_duplicate(p)]
+    counted = [p.grad.detach() for p in params
+               if param_is_not_tensor_parallel_duplicate(p) and not getattr(p, "shared", False)]
     sq = torch.stack(torch._foreach_norm(counted)).pow(2).sum() if counted else torch.zeros(())
-    if parallel_state.get_tensor_model_parallel_world_size() > 1:
-        torch.distributed.all_reduce(sq, group=parallel_state.get_tensor_model_parallel_group())
+    if parallel_state.get_model_parallel_group().size() > 1:  # tp * pp ranks
+        torch.distributed.all_reduce(sq, group=parallel_state.get_model_parallel_group())
     norm = float(sq.sqrt())
     if norm == norm and norm > max_norm:  # finite and too large
         torch._foreach_mul_(grads, max_norm / (norm + 1e-6))

@@ -3,9 +3,12 @@
 One optimizer step `s` (1-based), always in this order:
   1. the scheduler moves to `s` and sets the LR used by this step (megatron `OptimizerParamScheduler`,
      counted in optimizer steps);
-  2. the global batch = stream samples [position, position + global_batch_size), split into micro
-     batches; loss = mean token cross entropy over the global batch, gradients accumulated;
-  3. clip the global grad norm, AdamW step, log.
+  2. the global batch = stream samples [position, position + global_batch_size), each data-parallel
+     replica taking a contiguous share, split into micro batches that megatron's schedule runs forward
+     and backward (1F1B over the pipeline stages when pp > 1; one after the other otherwise); loss = mean
+     token cross entropy over the global batch, gradients accumulated;
+  3. reduce gradients, clip the global grad norm, AdamW step, log (the loss is computed on the last
+     pipeline stage and sent to every rank).
 
 A `Session` owns everything a resumed run must restore bit-for-bit: model, optimizer, scheduler,
 torch RNG, data stream + position, step and the cumulative train log.
@@ -138,7 +141,22 @@ class Session:
 
     # --- training --------------------------------------------------------------------------
 
+    def micro_batches(self) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """(tokens, labels) of this data-parallel replica's micro batches of the current step. Every pipeline
+        stage reads them (the first needs the tokens, the last the labels), all before the schedule starts:
+        opening a new epoch of a domain is a collective (megatron's dataset builder synchronises all ranks),
+        which must not happen while another stage waits for activations."""
+        t, device = self.params.trunk, self.backend.device
+        replica, replicas = be.data_parallel()
+        share = t.global_batch_size // replicas
+        batches = [self.stream.batch(self.position + m, t.micro_batch_size)
+                   for m in range(replica * share, (replica + 1) * share, t.micro_batch_size)]
+        return [(tokens.to(device), labels.to(device)) for tokens, labels in batches]
+
     def train_step(self) -> dict:
+        from megatron.core import parallel_state
+        from megatron.core.pipeline_parallel import get_forward_backward_func
+
         t = self.params.trunk
         start = time.perf_counter()
         self.model.train()
@@ -146,19 +164,27 @@ class Session:
         lr = self.optimizer.param_groups[0]["lr"]
         self.backend.zero_grad(self.model, self.optimizer)
         total_tokens = t.global_batch_size * self.params.model.seq_length
-        replica, replicas = be.data_parallel()  # each replica takes a contiguous share of the global batch
-        share = t.global_batch_size // replicas
-        loss_sum = torch.zeros((), device=self.backend.device)
-        for m in range(replica * share, (replica + 1) * share, t.micro_batch_size):
-            tokens, labels = self.stream.batch(self.position + m, t.micro_batch_size)
-            losses = token_losses(self.model, self.backend, tokens.to(self.backend.device), labels.to(self.backend.device))
+
+        def loss_func(losses: torch.Tensor):  # (loss, tokens, logged): megatron's per-token-loss form
             loss = losses.sum() / total_tokens
-            loss.backward()
-            loss_sum += loss.detach()
+            return loss, torch.tensor(losses.numel(), dtype=torch.int), loss.detach()
+
+        def forward_step(batches, model):
+            tokens, labels = next(batches)
+            return token_losses(model, self.backend, tokens, labels), loss_func
+
+        _, replicas = be.data_parallel()
+        logged = get_forward_backward_func()(
+            forward_step_func=forward_step, data_iterator=iter(self.micro_batches()), model=self.model,
+            num_microbatches=t.global_batch_size // replicas // t.micro_batch_size,
+            seq_length=self.params.model.seq_length, micro_batch_size=t.micro_batch_size)
+        loss_sum = torch.stack(logged).sum() if logged else torch.zeros((), device=self.backend.device)
         self.backend.finish_grads(self.model)
         _, grad_norm, _ = self.optimizer.step()
         if replicas > 1:
             torch.distributed.all_reduce(loss_sum, group=be.data_parallel_group())
+        if parallel_state.get_pipeline_model_parallel_world_size() > 1:  # only the last stage has it
+            torch.distributed.all_reduce(loss_sum, group=parallel_state.get_pipeline_model_parallel_group())
         self.position += t.global_batch_size
         self.step += 1
         row = {"step": self.step, "loss": float(loss_sum), "lr": lr, "grad_norm": float(grad_norm),
