@@ -90,8 +90,8 @@ def _epoch(prefix: str, seed: int, seq_length: int, tokenizer: TokenizerInfo):
 
 @lru_cache(maxsize=16)
 def _cached_epoch(prefix: str, _stamp: tuple, seed: int, seq_length: int, tokenizer: TokenizerInfo):
-    from megatron.core.datasets.blended_megatron_dataset_builder import BlendedMegatronDatasetBuilder
     from megatron.core.datasets.gpt_dataset import GPTDataset, GPTDatasetConfig
+    from megatron.core.datasets.utils import Split
 
     config = GPTDatasetConfig(
         random_seed=seed, sequence_length=seq_length, blend=([prefix], None), split="1,0,0",
@@ -104,7 +104,12 @@ def _cached_epoch(prefix: str, _stamp: tuple, seed: int, seq_length: int, tokeni
         previous = logging.getLogger("megatron.core.datasets").level
         logging.getLogger("megatron.core.datasets").setLevel(logging.ERROR)
         try:
-            dataset = BlendedMegatronDatasetBuilder(GPTDataset, [None, None, None], lambda: True, config).build()[0]
+            # What `BlendedMegatronDatasetBuilder` builds for one prefix, split "1,0,0" and no size, minus its
+            # rank-0-first barrier: with the index in memory no rank waits for a cache, and a barrier here
+            # would hang data-parallel replicas that open a domain's next epoch at different steps.
+            documents = GPTDataset.build_low_level_dataset(prefix, config)
+            indices = np.arange(GPTDataset.numel_low_level_dataset(documents), dtype=np.int32)
+            dataset = GPTDataset(documents, prefix, indices, None, Split.train, config)
         finally:
             logging.getLogger("megatron.core.datasets").setLevel(previous)
     if dataset is None or len(dataset) == 0:
