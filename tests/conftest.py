@@ -41,6 +41,22 @@ def copy_repo(dest: Path, params: dict | Path | None = None) -> Path:
     return dest
 
 
+def clone_study(src: Path, dest: Path) -> Path:
+    """Copy a study that has run (git, DVC cache and lock, Snakemake metadata, mtimes): both engines find it up to date."""
+    shutil.copytree(src, dest, symlinks=True)
+    return dest
+
+
+@pytest.fixture(scope="session")
+def tiny_study(tmp_path_factory) -> Path:
+    """`make study` (what `make run` runs after installing) on the tiny study, once per session: Snakemake runs it,
+    DVC records it. The uninterrupted reference: tests that edit or rerun a study work on a `clone_study` copy."""
+    repo = copy_repo(tmp_path_factory.mktemp("tiny-study"), TINY_PARAMS)
+    out = run(["make", "study", f"VENV={Path(sys.executable).parent.parent}", "CORES=2"], repo).stdout
+    assert f"report: {repo}/reports/summary.md" in out
+    return repo
+
+
 @pytest.fixture
 def repo(tmp_path: Path) -> Path:
     """A copy of the repository with the tiny study as params.yaml (dvc.yaml regenerated)."""

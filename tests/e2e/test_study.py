@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.conftest import TINY_PARAMS, copy_repo, run
+from tests.conftest import clone_study, run
 from workflow import dag, paths
 from workflow.params import load_params
 
@@ -44,12 +44,9 @@ def edit_params(repo: Path, edit) -> None:
 
 
 @pytest.fixture(scope="module")
-def study(tmp_path_factory) -> Path:
-    """`make study` (what `make run` runs after installing) on the tiny study: Snakemake runs it, DVC records it."""
-    repo = copy_repo(tmp_path_factory.mktemp("study"), TINY_PARAMS)
-    out = run(["make", "study", f"VENV={Path(sys.executable).parent.parent}", "CORES=2"], repo).stdout
-    assert f"report: {repo}/reports/summary.md" in out
-    return repo
+def study(tiny_study, tmp_path_factory) -> Path:
+    """A copy of the session's tiny study (`make study`: Snakemake runs it, DVC records it) for these tests to edit."""
+    return clone_study(tiny_study, tmp_path_factory.mktemp("study") / "repo")
 
 
 def test_every_artifact_exists(study):

@@ -20,10 +20,13 @@ continuation of one trunk run), so the schema only accepts `from_step`.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from workflow import paths
 from workflow.params import Params
 from workflow.train import checkpoint as ckpt
-from workflow.train.loop import Session, remove_tree
+from workflow.train.loop import Session, is_main, remove_tree
+from workflow.train.trunk import LEFTOVER
 
 
 def lineage(params: Params, branch: str) -> dict:
@@ -60,4 +63,9 @@ def run(params: Params, branch: str) -> None:
     meta = lambda: session.meta(model_id, "decay", fingerprint, lineage(params, branch))  # noqa: E731
     session.train_to(end, model_id, scratch, meta)
     session.save(paths.decay_dir(branch), meta())
+    if is_main():
+        for path in (Path(scratch), Path(paths.decay_dir(branch))):  # as the trunk: what killed attempts left
+            for leftover in path.parent.glob(f"{path.name}.*"):
+                if LEFTOVER.search(leftover.name):
+                    remove_tree(leftover)
     remove_tree(scratch)
