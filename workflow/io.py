@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import glob
 import io
 import json
 import os
@@ -20,15 +21,41 @@ def _tmp_name(path: Path) -> Path:
     return path.with_name(f"{path.name}.tmp-{os.getpid()}")
 
 
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # someone else's live process
+    return True
+
+
+def remove_stale_temporaries(path: str | Path) -> None:
+    """Remove `<path>.tmp-<pid>` / `<path>.old-<pid>` left by killed writers (their process is gone)."""
+    path = Path(path)
+    if not path.parent.is_dir():
+        return
+    for sibling in path.parent.glob(f"{glob.escape(path.name)}.*-*"):
+        kind, _, pid = sibling.name[len(path.name) + 1:].partition("-")
+        if kind in ("tmp", "old") and pid.isdigit() and int(pid) != os.getpid() and not _pid_alive(int(pid)):
+            if sibling.is_dir() and not sibling.is_symlink():
+                shutil.rmtree(sibling, ignore_errors=True)
+            else:
+                sibling.unlink(missing_ok=True)
+
+
 @contextlib.contextmanager
 def atomic_dir(path: str | Path) -> Iterator[Path]:
     """Yield a temporary directory that replaces `path` only if the block succeeds.
 
-    A killed process leaves at most a `<path>.tmp-<pid>` directory, never something at `path`; a full
+    A killed process leaves at most a `<path>.tmp-<pid>` directory, never something at `path` (the next
+    write removes it: `remove_stale_temporaries`); a full
     disk raises DiskFullError naming `path` (like `atomic_file`).
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    remove_stale_temporaries(path)
     tmp = _tmp_name(path)
     shutil.rmtree(tmp, ignore_errors=True)
     try:
@@ -53,6 +80,7 @@ def atomic_file(path: str | Path, mode: str = "w") -> Iterator[Any]:
     """Open a temporary file that replaces `path` (fsync'd) only if the block succeeds."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    remove_stale_temporaries(path)
     tmp = _tmp_name(path)
     try:
         with open(tmp, mode) as f:

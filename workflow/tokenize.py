@@ -368,20 +368,6 @@ def write_split(encoder: Encoder, dtype, files: list[str], prefix: str, chunk_by
 
 # -- the stage -------------------------------------------------------------------------------------
 
-def _remove_stale_temporaries(domain_prefix: str) -> None:
-    """Temporaries `<domain>.*.tmp-<pid>` of runs that were killed (their process is gone)."""
-    for path in glob.glob(f"{glob.escape(domain_prefix)}.*.tmp-*"):
-        pid = path.rsplit(".tmp-", 1)[1]
-        if not pid.isdigit() or int(pid) == os.getpid():
-            continue
-        try:
-            os.kill(int(pid), 0)
-        except ProcessLookupError:
-            Path(path).unlink(missing_ok=True)
-        except PermissionError:
-            pass  # alive, someone else's
-
-
 def _publish(prefixes: list[str], stats_path: str, stats: dict) -> None:
     from workflow import integrity
     from workflow.io import _fsync_dir, write_json
@@ -433,7 +419,7 @@ def run(params: "Params", source: str, workers: int | None = None) -> None:
 
     from workflow import integrity, paths
     from workflow.errors import disk_full
-    from workflow.io import read_json
+    from workflow.io import read_json, remove_stale_temporaries
     from workflow.params import ParamsError
 
     if source not in params.sources:
@@ -460,7 +446,10 @@ def run(params: "Params", source: str, workers: int | None = None) -> None:
     prefixes = {split: paths.tokens_prefix(domain, split) for split in splits}
     stats_path = paths.tokens_stats(domain)
     Path(stats_path).parent.mkdir(parents=True, exist_ok=True)
-    _remove_stale_temporaries(paths.tokens_prefix(domain))
+    for prefix in prefixes.values():  # what killed runs left (their pid is gone)
+        for suffix in (".bin", ".idx", ".ptr"):
+            remove_stale_temporaries(prefix + suffix)
+    remove_stale_temporaries(stats_path)
 
     t0 = time.perf_counter()
     counts: dict[str, dict] = {}

@@ -178,3 +178,25 @@ def test_checkpoint_save(disk, train_study):
     with pytest.raises(DiskFullError, match=rf"while writing {re.escape(str(path))}:"):
         session.save(path, session.meta("trunk-2", "trunk", "fp", {}))
     assert snapshot(path) == before and not temporaries(disk.root)
+
+
+def test_killed_writers_temporaries_are_removed_by_the_next_write(tmp_path):
+    """`<name>.tmp-<pid>` / `.old-<pid>` of a dead process go; a live process's and other names stay."""
+    import subprocess
+
+    from workflow.io import atomic_dir, atomic_file
+
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    target = tmp_path / "model"
+    (tmp_path / f"model.tmp-{dead.pid}").mkdir()
+    (tmp_path / f"model.tmp-{dead.pid}" / "weights").write_bytes(b"x" * 100)
+    (tmp_path / f"model.old-{dead.pid}").mkdir()
+    (tmp_path / "model.tmp-1").mkdir()                       # pid 1 is alive
+    (tmp_path / "model-b.tmp-1").mkdir()
+    (tmp_path / "stats.json.tmp-{}".format(dead.pid)).write_text("{")
+    with atomic_dir(target) as tmp:
+        (tmp / "weights").write_bytes(b"y")
+    with atomic_file(tmp_path / "stats.json") as f:
+        f.write("{}")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model", "model-b.tmp-1", "model.tmp-1", "stats.json"]
