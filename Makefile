@@ -5,6 +5,8 @@ PY := $(VENV)/bin/python
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 CORES ?= all
+# pytest-xdist: two workers, each test module (and every user of the session's tiny study) on one worker
+XDIST ?= -n $(shell n=$$(nproc); echo $$(( n < 2 ? n : 2 ))) --dist loadgroup
 export PATH := $(abspath $(BIN)):$(PATH)
 
 .PHONY: install run study dag dvc.yaml test test-fast bench bench-quick clean help
@@ -37,15 +39,15 @@ study:  ## run the study in params.yaml with Snakemake, record it in DVC, print 
 dag: install  ## print the job graph (dot) of the default study
 	$(BIN)/snakemake --profile profiles/local --dag
 
-test: install  ## run the test suite (slow tests included)
-	@$(PY) -m pytest $(PYTEST_ARGS); rc=$$?; \
+test: install  ## run the test suite (slow tests included), one pytest worker per core (at most 2)
+	@$(PY) -m pytest $(XDIST) $(PYTEST_ARGS); rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "make test: pytest collected no tests; that is a failure here" >&2; exit 1; fi; \
 	exit $$rc
 
 test-fast: install  ## the suite without the slow end-to-end tests
-	$(PY) -m pytest -m "not slow" $(PYTEST_ARGS)
+	$(PY) -m pytest $(XDIST) -m "not slow" $(PYTEST_ARGS)
 
-bench: install  ## run every bench/ script (~25 min on 2 cores), print one table, write bench/results.json
+bench: install  ## run every bench/ script (~15 min on 2 cores), print one table, write bench/results.json
 	$(PY) bench/run_all.py $(BENCH_ARGS)
 
 bench-quick: install  ## bench/ at minimal sizes, make_run skipped: a smoke test (figures mean nothing)

@@ -67,3 +67,11 @@ def repo(tmp_path: Path) -> Path:
 
 def load_yaml(path: Path) -> dict:
     return yaml.safe_load(path.read_text())
+
+
+def pytest_collection_modifyitems(config, items) -> None:
+    """Under pytest-xdist (`make test` runs `-n 2 --dist loadgroup`), keep each module on one worker so its
+    module-scoped study runs once, and every test that uses the session's `tiny_study` on the same worker."""
+    for item in items:
+        group = "tiny_study" if "tiny_study" in item.fixturenames else item.module.__name__
+        item.add_marker(pytest.mark.xdist_group(group))
