@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 CORES ?= all
 # pytest-xdist: two workers, each test module (and every user of the session's tiny study) on one worker
-XDIST ?= -n $(shell n=$$(nproc); echo $$(( n < 2 ? n : 2 ))) --dist loadgroup
+XDIST ?= -n $(shell n=$$(nproc); echo $$(( n < 2 ? n : 2 ))) --dist loadfile
 export PATH := $(abspath $(BIN)):$(PATH)
 
 .PHONY: install run study dag dvc.yaml test test-fast bench bench-quick clean help

@@ -69,9 +69,28 @@ def load_yaml(path: Path) -> dict:
     return yaml.safe_load(path.read_text())
 
 
+# Modules that share the session's `tiny_study` (one `make study`): pytest-xdist must run them on one worker.
+TINY_STUDY_MODULES = ("tests/e2e/test_study.py", "tests/faults/test_kills.py")
+
+
+def pytest_xdist_make_scheduler(config, log):
+    """`make test` runs pytest-xdist with `--dist loadfile` (each module on one worker, so a module-scoped study
+    runs once); this scheduler also keeps the users of the session's tiny study together."""
+    if config.getvalue("dist") != "loadfile":
+        return None
+    from xdist.scheduler import LoadFileScheduling
+
+    class StudyScheduling(LoadFileScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            scope = super()._split_scope(nodeid)
+            return TINY_STUDY_MODULES[0] if scope in TINY_STUDY_MODULES else scope
+
+    return StudyScheduling(config, log)
+
+
 def pytest_collection_modifyitems(config, items) -> None:
-    """Under pytest-xdist (`make test` runs `-n 2 --dist loadgroup`), keep each module on one worker so its
-    module-scoped study runs once, and every test that uses the session's `tiny_study` on the same worker."""
+    """Refuse a module that uses `tiny_study` without being in TINY_STUDY_MODULES (it would rebuild it under xdist)."""
     for item in items:
-        group = "tiny_study" if "tiny_study" in item.fixturenames else item.module.__name__
-        item.add_marker(pytest.mark.xdist_group(group))
+        module = item.nodeid.split("::", 1)[0]
+        if "tiny_study" in item.fixturenames and module not in TINY_STUDY_MODULES:
+            raise pytest.UsageError(f"{module} uses the tiny_study fixture: add it to TINY_STUDY_MODULES in tests/conftest.py")
