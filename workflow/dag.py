@@ -265,7 +265,7 @@ def dvc_document(params: Params) -> dict[str, Any]:
 
 
 def train_plots() -> list[dict[str, Any]]:
-    """`dvc plots`: the trunk's per-step curves (loss, lr, grad_norm, tokens_per_s; dvclive tsv files) from its
+    """`dvc plots`: the trunk's per-step curves (loss, lr, grad_norm; dvclive tsv files) from its
     last checkpoint, whose log covers every step (templated, so new checkpoints need no regeneration)."""
     return [{f"{paths.trunk_dir('${trunk.checkpoints[-1]}')}/dvclive/plots/metrics": {"x": "step"}}]
 

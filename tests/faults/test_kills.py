@@ -15,9 +15,9 @@ it). Jobs go downstream first (evaluate ... curate), so a rebuilt output is neve
 outputs (Snakemake's mtime trigger) and each run rebuilds only its job: the cost is the killed attempts
 plus six jobs per engine, not two whole studies.
 
-Not compared (wall clock): `tokens_per_s` in train_log.jsonl and dvclive/ (so also those files' entries in
-a meta.json manifest), and `lineage.revision.dvc` of eval JSONs (the dvc.lock record when the evaluation
-ran: the reference was evaluated before `make study`'s `dvc commit` wrote dvc.lock).
+Not compared: `lineage.revision.dvc` of eval JSONs (the dvc.lock record when the evaluation ran: the
+reference was evaluated before `make study`'s `dvc commit` wrote dvc.lock). Everything else, training logs
+and manifests included, must be byte-identical (throughput, a wall-clock figure, is never saved in a model dir).
 
 `ARBOR_KILL_SEED=<n>` replays a schedule; the seed and each kill are printed (`pytest -s`) and named in failures.
 """
@@ -44,7 +44,7 @@ import pytest
 import yaml
 
 from tests.conftest import clone_study
-from workflow import dag, integrity, paths
+from workflow import dag, paths
 from workflow.params import Params, load_params
 
 pytestmark = [pytest.mark.faults, pytest.mark.slow]
@@ -52,8 +52,6 @@ pytestmark = [pytest.mark.faults, pytest.mark.slow]
 KINDS = ("curate", "tokenize", "trunk", "decay", "merge", "evaluate")  # upstream first
 KILLS = {"dvc": 10, "snakemake": 10}
 LEFTOVER = re.compile(r"\.(tmp|old)-\d+$")  # what a killed `atomic_dir` / `atomic_file` may leave
-WALL_CLOCK = "tokens_per_s"
-WALL_CLOCK_FILES = {"train_log.jsonl", "dvclive/metrics.json", f"dvclive/plots/metrics/{WALL_CLOCK}.tsv"}  # in a model dir
 SNAKEMAKE = [sys.executable, "-m", "snakemake", "--profile", "profiles/local", "--cores", "2"]
 ENV = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}", "PYTHONUNBUFFERED": "1"}
 
@@ -120,16 +118,6 @@ def schedule(rng: random.Random, jobs: dict[str, list[Job]]) -> dict[str, list[t
 def canonical(path: Path) -> bytes:
     """A file's bytes, without the values that legitimately differ between two runs (see the module doc)."""
     name = path.name
-    if name == f"{WALL_CLOCK}.tsv":
-        return b""
-    if name == "train_log.jsonl":
-        rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-        return json.dumps([{k: v for k, v in r.items() if k != WALL_CLOCK} for r in rows]).encode()
-    if name == "metrics.json" and path.parent.name == "dvclive":
-        return json.dumps({k: v for k, v in json.loads(path.read_text()).items() if k != WALL_CLOCK}).encode()
-    if name == "meta.json" and integrity.FILES in (meta := json.loads(path.read_text())):
-        meta[integrity.FILES] = {f: v for f, v in meta[integrity.FILES].items() if f not in WALL_CLOCK_FILES}
-        return json.dumps(meta, sort_keys=True).encode()
     if path.parent.name == "eval" and name.endswith(".json"):
         result = json.loads(path.read_text())
         result["lineage"]["revision"].pop("dvc", None)

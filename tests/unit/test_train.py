@@ -32,7 +32,7 @@ def count_steps(monkeypatch) -> list[int]:
 
 
 def log_of(directory) -> list[dict]:
-    return [{k: v for k, v in row.items() if k != "tokens_per_s"} for row in ckpt.read_log(directory)]
+    return ckpt.read_log(directory)
 
 
 def assert_same_weights(a: dict, b: dict) -> None:
@@ -129,7 +129,8 @@ def test_trunk_extension_matches_one_go(train_study, train_weights, monkeypatch,
         tsv = (Path(paths.trunk_dir(8)) / ckpt.LIVE / "plots/metrics" / f"{name}.tsv").read_text().splitlines()
         assert tsv[0] == f"step\t{name}" and len(tsv) == 9
         assert [float(line.split("\t")[1]) for line in tsv[1:]] == pytest.approx([row[name] for row in log])
-    assert {row["grad_norm"] > 0 and row["tokens_per_s"] > 0 for row in log} == {True}
+    assert {row["grad_norm"] > 0 for row in log} == {True}
+    assert set(log[0]) == {"step", "loss", "lr", "grad_norm", "consumed_samples"}  # nothing wall-clock in the artifact
     assert [row["consumed_samples"] for row in log] == [4 * s for s in range(1, 9)]
 
 

@@ -4,7 +4,8 @@ Layout of every model dir (`trunk/step-N`, `decay/<b>`, `merge/<m>`, and scratch
 
     checkpoint/       dist_checkpointing dir: model (+ optimizer) sharded tensors, common.pt
     meta.json         model_id, kind, step, consumed_samples, tokens_seen, lr, fingerprint, lineage, ...
-    train_log.jsonl   one JSON object per optimizer step (loss, lr, grad_norm, tokens_per_s, consumed_samples)
+    train_log.jsonl   one JSON object per optimizer step (loss, lr, grad_norm, consumed_samples; throughput,
+                      a wall-clock figure, goes to the job's log instead: a rerun must write the same bytes)
     dvclive/          the same curves as a dvclive run (plots/metrics/<name>.tsv), declared as `dvc plots`
 
 `meta.json` is written last and lists every other file's size and SHA-256 (`files`); `incomplete()` (so
@@ -45,7 +46,7 @@ CKPT = "checkpoint"
 META = "meta.json"
 LOG = "train_log.jsonl"
 LIVE = "dvclive"
-LIVE_METRICS = ("loss", "lr", "grad_norm", "tokens_per_s")
+LIVE_METRICS = ("loss", "lr", "grad_norm")
 
 
 class CheckpointError(StageError):

@@ -188,9 +188,9 @@ class Session:
         self.position += t.global_batch_size
         self.step += 1
         row = {"step": self.step, "loss": float(loss_sum), "lr": lr, "grad_norm": float(grad_norm),
-               "tokens_per_s": total_tokens / (time.perf_counter() - start), "consumed_samples": self.consumed_samples}
-        self.log.append(row)
-        return row
+               "consumed_samples": self.consumed_samples}
+        self.log.append(row)  # saved in the model dir: only what the weights determine, so reruns write the same bytes
+        return {**row, "tokens_per_s": total_tokens / (time.perf_counter() - start)}
 
     def train_to(self, end_step: int, model_id: str, scratch: str | None = None,
                  meta: Callable[[], dict] | None = None) -> dict:
