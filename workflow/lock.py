@@ -23,6 +23,8 @@ import os
 import sys
 from pathlib import Path
 
+from workflow.io import pid_alive
+
 DVC_TMP = ".dvc/tmp"
 
 _held: list = []  # this process's lock (it lasts as long as the file stays open)
@@ -70,16 +72,6 @@ def _pid_in(path: Path) -> int | None:
         return None
 
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 def _dvc_stage_running(rwlock: Path) -> int | None:
     """The pid of a live DVC process registered in `rwlock` (it runs a stage's command), else None.
     Entries of dead processes are stale (DVC drops them itself)."""
@@ -90,7 +82,7 @@ def _dvc_stage_running(rwlock: Path) -> int | None:
     for mode in ("write", "read"):
         for infos in table.get(mode, {}).values():
             for info in infos if isinstance(infos, list) else [infos]:
-                if _alive(int(info["pid"])):
+                if pid_alive(int(info["pid"])):
                     return int(info["pid"])
     return None
 
