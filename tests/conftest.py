@@ -73,6 +73,7 @@ def load_yaml(path: Path) -> dict:
 TINY_STUDY_MODULES = ("tests/e2e/test_study.py", "tests/faults/test_kills.py")
 
 
+@pytest.hookimpl(optionalhook=True)  # pytest-xdist's hook: fine without xdist installed
 def pytest_xdist_make_scheduler(config, log):
     """`make test` runs pytest-xdist with `--dist loadfile` (each module on one worker, so a module-scoped study
     runs once); this scheduler also keeps the users of the session's tiny study together."""
