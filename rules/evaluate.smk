@@ -1,40 +1,19 @@
-# Data of the local lm-eval tasks (workflow/tasks/), built from the held-out split; evaluate reads it
-# when eval.tasks lists a local task.
-rule eval_tasks:
-    input:
-        eval_tasks_inputs,
-    output:
-        directory(paths.tasks_dir()),
-    params:
-        tracked=tracked("eval_tasks"),
-    log:
-        "logs/eval_tasks/eval_tasks.log",
-    benchmark:
-        "benchmarks/eval_tasks/eval_tasks.tsv"
-    threads: stage_threads("eval_tasks")
-    resources:
-        **stage_resources("eval_tasks"),
-    conda:
-        CPU_ENV
-    shell:
-        "python -m workflow eval-tasks > {log} 2>&1"
-
-
+# workflow/evaluate/__init__.py: held-out loss/bpb and lm-eval tasks of one model
 rule evaluate:
     input:
-        evaluate_inputs,
+        unpack(stage_inputs("evaluate")),
     output:
-        paths.eval_file("{model}"),
+        stage_outputs("evaluate"),
     params:
-        tracked=tracked("evaluate"),
+        tracked=stage_params("evaluate"),
     log:
-        "logs/evaluate/{model}.log",
+        stage_log("evaluate"),
     benchmark:
-        "benchmarks/evaluate/{model}.tsv"
+        stage_benchmark("evaluate")
     threads: stage_threads("evaluate")
     resources:
         **stage_resources("evaluate"),
     conda:
-        CPU_ENV
+        stage_env("evaluate")
     shell:
-        "python -m workflow evaluate --model {wildcards.model} > {log} 2>&1"
+        stage_shell("evaluate")

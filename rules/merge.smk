@@ -1,18 +1,19 @@
+# workflow/merge.py: a weight average of models
 rule merge:
     input:
-        merge_inputs,
+        unpack(stage_inputs("merge")),
     output:
-        directory(paths.merge_dir("{name}")),
+        stage_outputs("merge"),
     params:
-        tracked=merge_params,
+        tracked=stage_params("merge"),
     log:
-        "logs/merge/{name}.log",
+        stage_log("merge"),
     benchmark:
-        "benchmarks/merge/{name}.tsv"
+        stage_benchmark("merge")
     threads: stage_threads("merge")
     resources:
         **stage_resources("merge"),
     conda:
-        CPU_ENV
+        stage_env("merge")
     shell:
-        "python -m workflow merge --name {wildcards.name} > {log} 2>&1"
+        stage_shell("merge")

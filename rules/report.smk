@@ -1,18 +1,19 @@
+# workflow/report.py: reports/ from every eval and training log
 rule report:
     input:
-        report_inputs,
+        unpack(stage_inputs("report")),
     output:
-        directory(paths.report_dir()),
+        stage_outputs("report"),
     params:
-        tracked=tracked("report"),
+        tracked=stage_params("report"),
     log:
-        "logs/report/report.log",
+        stage_log("report"),
     benchmark:
-        "benchmarks/report/report.tsv"
+        stage_benchmark("report")
     threads: stage_threads("report")
     resources:
         **stage_resources("report"),
     conda:
-        CPU_ENV
+        stage_env("report")
     shell:
-        "python -m workflow report > {log} 2>&1"
+        stage_shell("report")

@@ -1,39 +1,19 @@
-rule tokenizer:
-    input:
-        tokenizer_inputs,
-    output:
-        directory(paths.tokenizer_dir()),
-    params:
-        tracked=tracked("tokenizer"),
-    log:
-        "logs/tokenizer/tokenizer.log",
-    benchmark:
-        "benchmarks/tokenizer/tokenizer.tsv"
-    threads: stage_threads("tokenizer")
-    resources:
-        **stage_resources("tokenizer"),
-    conda:
-        CPU_ENV
-    shell:
-        "python -m workflow tokenizer > {log} 2>&1"
-
-
+# workflow/tokenize.py: one domain's Megatron .bin/.idx datasets
 rule tokenize:
     input:
-        tokenize_inputs,
+        unpack(stage_inputs("tokenize")),
     output:
-        paths.tokens_files("{domain}"),
+        stage_outputs("tokenize"),
     params:
-        source=source_of_domain,
-        tracked=tokenize_params,
+        tracked=stage_params("tokenize"),
     log:
-        "logs/tokenize/{domain}.log",
+        stage_log("tokenize"),
     benchmark:
-        "benchmarks/tokenize/{domain}.tsv"
-    threads: stage_threads("tokenize", all_cores())  # worker processes: Snakemake exports OMP_NUM_THREADS={threads}, which tokenize reads
+        stage_benchmark("tokenize")
+    threads: stage_threads("tokenize")
     resources:
         **stage_resources("tokenize"),
     conda:
-        CPU_ENV
+        stage_env("tokenize")
     shell:
-        "python -m workflow tokenize --source {params.source} > {log} 2>&1"
+        stage_shell("tokenize")

@@ -15,9 +15,10 @@ ROOT = Path(__file__).resolve().parents[1]
 TINY_PARAMS = ROOT / "tests" / "configs" / "tiny" / "params.yaml"
 
 
-def run(cmd: list[str], cwd: Path, check: bool = True, **kw) -> subprocess.CompletedProcess:
-    """Run a command with the test interpreter's venv first on PATH; on failure show its output."""
-    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}", "PYTHONUNBUFFERED": "1"}
+def run(cmd: list[str], cwd: Path, check: bool = True, env: dict[str, str] | None = None, **kw) -> subprocess.CompletedProcess:
+    """Run a command with the test interpreter's venv first on PATH (plus `env`); on failure show its output."""
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}", "PYTHONUNBUFFERED": "1",
+           **(env or {})}
     proc = subprocess.run(cmd, cwd=cwd, env=env, text=True, capture_output=True, **kw)
     if check and proc.returncode != 0:
         raise AssertionError(f"{' '.join(cmd)} exited {proc.returncode}\n--- stdout\n{proc.stdout[-6000:]}\n--- stderr\n{proc.stderr[-6000:]}")

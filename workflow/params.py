@@ -232,6 +232,9 @@ class Model(Section):
         return self
 
 
+TRUNK_LAYOUT = frozenset({"checkpoints", "save_interval", "log_interval"})  # trunk keys no checkpoint's weights depend on
+
+
 class Trunk(Section):
     checkpoints: list[PositiveInt] = Field(min_length=1, description="Sorted optimizer steps at which the stable trunk is saved; each segment is one job.")
     seed: int = Field(1234, description="Seed for initialisation and data order.")
@@ -344,7 +347,7 @@ class Merge(Section):
 
 class LocalTasks(Section):
     """Data of the offline lm-eval tasks shipped in `workflow/tasks/` (`arbor_cloze`, `arbor_heldout`), built by
-    `eval-tasks` from the curated held-out split of every source (construction: workflow/tasks/README.md)."""
+    `eval_tasks` from the curated held-out split of every source (construction: workflow/tasks/README.md)."""
     examples: PositiveInt = Field(100, description="Cloze items, and documents, per domain (fewer when the held-out split is smaller).")
     choices: Annotated[int, Field(ge=2)] = Field(4, description="Options per cloze item: the true continuation and choices-1 distractors.")
     context_words: PositiveInt = Field(32, description="Words of held-out text before the blank.")
@@ -359,10 +362,10 @@ class Eval(Section):
     decontaminate_files: list[str] = Field(default_factory=list, description="Evaluation task files (jsonl[.gz|.zst], parquet: every string field; else plain text) removed from training data by `curation.decontamination`.")
     tasks: list[Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_.-]+$")]] = Field(
         ["arbor_cloze", "arbor_heldout"], description="lm-eval-harness tasks run on every model. The `arbor_*` tasks are local (built "
-        "offline by `eval-tasks`); any other task name needs its dataset in the local Hugging Face cache (nothing is downloaded).")
+        "offline by `eval_tasks`); any other task name needs its dataset in the local Hugging Face cache (nothing is downloaded).")
     task_limit: PositiveInt | None = Field(None, description="Cap on examples per task (lm-eval `limit`); null = all.")
     num_fewshot: Annotated[int, Field(ge=0)] | None = Field(None, description="Few-shot examples per prompt; null = each task's default.")
-    local_tasks: LocalTasks = Field(LocalTasks(), description="How `eval-tasks` builds the data of the local tasks.")
+    local_tasks: LocalTasks = Field(LocalTasks(), description="How `eval_tasks` builds the data of the local tasks.")
 
 
 class JobResources(Section):
@@ -378,21 +381,6 @@ class JobResources(Section):
     constraint: str | None = Field(None, min_length=1, description="SLURM node constraint (--constraint), e.g. a GPU model feature.")
 
 
-class Resources(Section):
-    """Per-stage cluster requests (`rules/common.smk` turns them into Snakemake resources); one key per rule."""
-    curate_shard: JobResources = JobResources()
-    curate_split: JobResources = JobResources()
-    curate: JobResources = JobResources()
-    tokenizer: JobResources = JobResources()
-    tokenize: JobResources = JobResources()
-    trunk: JobResources = JobResources()
-    decay: JobResources = JobResources()
-    merge: JobResources = JobResources()
-    eval_tasks: JobResources = JobResources()
-    evaluate: JobResources = JobResources()
-    report: JobResources = JobResources()
-
-
 class Params(Section):
     sources: dict[Name, Source] = Field(min_length=1)
     curation: Curation = Curation()
@@ -402,7 +390,7 @@ class Params(Section):
     decays: dict[Name, Decay] = Field(default_factory=dict)
     merges: dict[Name, Merge] = Field(default_factory=dict)
     eval: Eval = Eval()
-    resources: Resources = Field(Resources(), description="Cluster requests per stage; runtime settings, never tracked by DVC.")
+    resources: dict[Name, JobResources] = Field(default_factory=dict, description="Cluster requests per stage, keyed by stage name (workflow/stages.py); runtime settings, never tracked.")
 
     @model_validator(mode="after")
     def _cross_checks(self) -> "Params":

@@ -5,7 +5,6 @@ Paths are relative to the repository root, the working directory of every stage.
 
 from __future__ import annotations
 
-from workflow.params import ParamsError, parse_model_id
 
 ARTIFACTS = "artifacts"
 REPORTS = "reports"
@@ -70,7 +69,8 @@ def scratch_dir(kind: str, name: str) -> str:
 
 
 def model_dir(model_id: str) -> str:
-    kind, key = parse_model_id(model_id)
+    """The directory of `trunk-<N>`, `decay-<branch>` or `merge-<name>` (ids are checked where they are read)."""
+    kind, key = model_id.split("-", 1)
     return {"trunk": trunk_dir, "decay": decay_dir, "merge": merge_dir}[kind](key)
 
 
@@ -99,4 +99,11 @@ def loss_plot() -> str:
     return f"{REPORTS}/plots/loss.png"
 
 
-__all__ = [n for n in dir() if not n.startswith("_")] + ["ParamsError"]
+def resolved_params() -> str:
+    """params.yaml with every default filled in (`python -m workflow resolve`): the file DVC's stages track."""
+    return f"{ARTIFACTS}/params.json"
+
+
+def stage_dependencies() -> str:
+    """Each DVC stage's dependency and key lists (`python -m workflow resolve`), tracked by that stage."""
+    return f"{ARTIFACTS}/dependencies.json"

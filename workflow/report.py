@@ -136,13 +136,16 @@ def describe(params: Params, model_id: str) -> tuple[str, str, int]:
         return kind, f"stable trunk to step {step} ({start}, constant LR)", step - (prev[-1] if prev else 0)
     if kind == "decay":
         d = params.decays[key]
-        rewarm = f"re-warm {d.rewarm_steps} + " if d.rewarm else ""
+        fresh = " (fresh optimizer)" if d.rewarm and d.rewarm.reset_optimizer else ""
+        rewarm = f"re-warm {d.rewarm_steps}{fresh} + " if d.rewarm else ""
         mixture = f", mixture {', '.join(f'{k} {v:g}' for k, v in d.mixture.items())}" if d.mixture else ""
         words = f"decay of trunk-{d.from_step}, {rewarm}{d.decay_steps} steps {d.shape} → {d.min_lr(params.trunk):g}{mixture}"
         return kind, words, d.total_steps
     merge, inputs = params.merges[key], ", ".join(params.merge_inputs(key))
     source = f"the last {merge.trunk_last_k} trunk checkpoints ({inputs})" if merge.trunk_last_k else inputs
-    return kind, f"{merge.method.replace('_', '-')} average of {source}", 0
+    how = {"weighted": f" (weights {':'.join(f'{w:g}' for w in merge.weights or [])})",
+           "loss_weighted": f" (temperature {merge.temperature:g})" if merge.temperature else ""}.get(merge.method, "")
+    return kind, f"{merge.method.replace('_', '-')} average of {source}{how}", 0
 
 
 def collect(params: Params) -> list[Model]:
@@ -460,8 +463,8 @@ td,th{{border:1px solid #ccc;padding:3px 8px}}td:nth-child(n+3){{text-align:righ
 """
 
 
-def run(params: Params) -> None:
-    """Read every eval and training log, then write `reports/` in one atomic step."""
+def run(params: Params, *, inputs: dict[str, list[str]]) -> None:
+    """Read every eval and training log (`inputs`), then write `reports/` in one atomic step."""
     import matplotlib
     import matplotlib.style
 

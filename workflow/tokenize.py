@@ -413,8 +413,8 @@ class _Progress:
         self.bar.close()
 
 
-def run(params: "Params", source: str, workers: int | None = None) -> None:
-    """Tokenizes `sources[source]` (train + held-out) with the study tokenizer."""
+def run(params: "Params", domain: str, *, inputs: dict[str, list[str]], workers: int | None = None) -> None:
+    """Tokenizes one domain's curated source `inputs["curated"]` (train + held-out) with the study tokenizer."""
     from tokenizers import Tokenizer
 
     from workflow import integrity, paths
@@ -422,15 +422,13 @@ def run(params: "Params", source: str, workers: int | None = None) -> None:
     from workflow.io import read_json, remove_stale_temporaries
     from workflow.params import ParamsError
 
-    if source not in params.sources:
-        raise ParamsError(f"sources.{source}: unknown source; declared sources are {sorted(params.sources)}")
-    domain = params.sources[source].domain
-    tok_file = paths.tokenizer_file()
+    curated = Path(inputs["curated"][0])
+    source = curated.name
+    tok_file = str(Path(inputs["tokenizer"][0]) / "tokenizer.json")
     if not os.path.isfile(tok_file):
-        raise FileNotFoundError(f"{tok_file} is missing: run the tokenizer stage first")
-    curated = Path(paths.curated_dir(source))
+        raise FileNotFoundError(f"{tok_file} is missing: run `python -m workflow tokenizer` first")
     if not (curated / "stats.json").is_file():
-        raise FileNotFoundError(f"{curated}/stats.json is missing: run the curate stage for source '{source}' first")
+        raise FileNotFoundError(f"{curated}/stats.json is missing: run `python -m workflow curate --source {source}` first")
     integrity.verify_meta(read_json(curated / "stats.json"), curated, f"curate --source {source}")
     tok = Tokenizer.from_file(tok_file)
     eod = tok.token_to_id(params.tokenizer.eod_token)

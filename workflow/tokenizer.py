@@ -29,15 +29,16 @@ from workflow.io import atomic_dir, read_json, read_jsonl, write_json
 from workflow.params import Params, ParamsError
 
 
-def training_shards(source: str) -> list[str]:
-    """The curated training shards of one source (held-out shards live in `heldout/`)."""
-    return sorted(glob.glob(os.path.join(paths.curated_dir(source), "part-*.jsonl.zst")))
+def training_shards(curated: str) -> list[str]:
+    """The training shards of one curated source dir (held-out shards live in `heldout/`)."""
+    return sorted(glob.glob(os.path.join(curated, "part-*.jsonl.zst")))
 
 
-def _curated_bytes(source: str) -> int:
-    stats_path = Path(paths.curated_dir(source)) / "stats.json"
+def _curated_bytes(curated: str) -> int:
+    stats_path = Path(curated) / "stats.json"
+    source = Path(curated).name
     if not stats_path.exists():
-        raise FileNotFoundError(f"{stats_path} is missing: run the curate stage for source '{source}' first")
+        raise FileNotFoundError(f"{stats_path} is missing: run `python -m workflow curate --source {source}` first")
     stats = read_json(stats_path)
     integrity.verify_meta(stats, stats_path.parent, f"curate --source {source}")  # the shards we sample
     return int(stats["bytes_out"])
@@ -47,17 +48,17 @@ def _hash_unit(key: str) -> float:
     return int.from_bytes(hashlib.blake2b(key.encode("utf-8"), digest_size=8).digest(), "big") / 2**64
 
 
-def sample_texts(params: Params, budgets: dict[str, int] | None = None) -> Iterator[str]:
-    """Yields the training sample: sources in `params.sources` order, at most their byte share each."""
-    totals = {s: _curated_bytes(s) for s in params.sources}
-    budgets = budgets or plan_budgets(params.tokenizer.sample_bytes, totals)
-    for source in params.sources:
-        budget, total = budgets[source], totals[source]
+def sample_texts(curated: list[str], sample_bytes: int) -> Iterator[str]:
+    """Yields the training sample: the curated source dirs in order, at most their byte share each."""
+    totals = {d: _curated_bytes(d) for d in curated}
+    budgets = plan_budgets(sample_bytes, totals)
+    for directory in curated:
+        source, budget, total = Path(directory).name, budgets[directory], totals[directory]
         if budget <= 0:
             continue
         rate = budget / total if total else 1.0
         left = budget
-        for shard in training_shards(source):
+        for shard in training_shards(directory):
             for rec in read_jsonl(shard):
                 text = rec["text"]
                 if rate < 1.0 and _hash_unit(f"{source}\0{rec['id']}") >= rate:
@@ -119,8 +120,9 @@ def train_bpe(texts: Iterator[str], vocab_size: int, min_frequency: int, eod_tok
     return tok
 
 
-def run(params: Params) -> None:
-    """Writes `paths.tokenizer_dir()` (tokenizer.json + meta.json) atomically."""
+def run(params: Params, *, inputs: dict[str, list[str]]) -> None:
+    """Writes `paths.tokenizer_dir()` (tokenizer.json + meta.json) atomically: trained on a sample of the curated
+    source dirs `inputs["curated"]`, or copied from `tokenizer.path`."""
     cfg = params.tokenizer
     t0 = time.perf_counter()
     if cfg.path:
@@ -136,7 +138,8 @@ def run(params: Params) -> None:
               f"-> {paths.tokenizer_file()}")
         return
 
-    totals = {s: _curated_bytes(s) for s in params.sources}
+    curated = inputs["curated"]
+    totals = {d: _curated_bytes(d) for d in curated}
     budgets = plan_budgets(cfg.sample_bytes, totals)
     counted = {"bytes": 0, "docs": 0}
 
@@ -146,16 +149,16 @@ def run(params: Params) -> None:
             counted["docs"] += 1
             yield t
 
-    tok = train_bpe(counting(sample_texts(params, budgets)), cfg.vocab_size, cfg.min_frequency, cfg.eod_token,
+    tok = train_bpe(counting(sample_texts(curated, cfg.sample_bytes)), cfg.vocab_size, cfg.min_frequency, cfg.eod_token,
                     show_progress=sys.stderr.isatty(), special_tokens=cfg.special_tokens)
     if counted["docs"] == 0:
         raise RuntimeError("tokenizer: the curated training shards hold no text; check the curate stats of "
-                           + ", ".join(paths.curated_dir(s) for s in params.sources))
+                           + ", ".join(curated))
     with atomic_dir(paths.tokenizer_dir()) as tmp:
         tok.save(str(tmp / "tokenizer.json"), pretty=True)
         meta = _meta(tok, cfg.eod_token, trained=True, sample_bytes=counted["bytes"], sample_docs=counted["docs"],
-                     sources={s: {"curated_dir": paths.curated_dir(s), "train_bytes": totals[s],
-                                  "sample_budget": budgets[s]} for s in params.sources},
+                     sources={Path(d).name: {"curated_dir": d, "train_bytes": totals[d], "sample_budget": budgets[d]}
+                              for d in curated},
                      special_tokens=cfg.special_tokens)
         write_json(tmp / "meta.json", meta)
     dt = time.perf_counter() - t0

@@ -8,9 +8,10 @@ import sys
 import pytest
 import yaml
 
-from tests.conftest import ROOT, TINY_PARAMS, copy_repo, run
-from workflow import dag
-from workflow.params import ParamsError, Resources, parse_params
+from tests.conftest import TINY_PARAMS, copy_repo, run
+from workflow import stages
+from workflow.engines import dvc as dvc_engine
+from workflow.params import ParamsError, parse_params
 
 GPU_STUDY = {
     "model": {"backend": "gpu", "parallel": {"nproc_per_node": 4, "nodes": 2}},
@@ -58,11 +59,12 @@ def test_cluster_profile_requests_what_params_say(tmp_path):
 
 
 def test_resources_are_not_tracked():
+    """What DVC tracks (dvc.yaml, the resolved params) is the same with and without resources; the
+    invalidation matrix (tests/integration/test_invalidation.py) shows neither engine re-runs for them."""
     plain = parse_params(tiny())
     with_resources = parse_params(tiny(resources=GPU_STUDY["resources"]))
-    assert not [k for k in dag.tracked_keys(with_resources) if k.startswith("resources")]
-    assert dag.render_dvc_yaml(plain) == dag.render_dvc_yaml(with_resources)
-    assert not [k for k in dag.missing_keys(with_resources, tiny(resources=GPU_STUDY["resources"])) if k.startswith("resources")]
+    assert dvc_engine.render(plain) == dvc_engine.render(with_resources)
+    assert dvc_engine.resolved_text(plain) == dvc_engine.resolved_text(with_resources)
 
 
 @pytest.mark.parametrize("resources, key", [
@@ -73,12 +75,4 @@ def test_resources_are_not_tracked():
 ])
 def test_bad_resources_name_the_key(resources, key):
     with pytest.raises(ParamsError, match=re.escape(key)):
-        parse_params(tiny(resources=resources))
-
-
-def test_every_rule_takes_its_resources_from_params():
-    """A new rule gets a `resources.<rule>` key and the same two directives, or this fails."""
-    for smk in sorted((ROOT / "rules").glob("*.smk")):
-        for rule, body in re.findall(r"^rule (\w+):\n((?:[ \t]+.*\n|\n)*)", smk.read_text(), flags=re.M):
-            assert rule in Resources.model_fields, f"{smk.name}: rule {rule} has no resources.{rule} in workflow/params.py"
-            assert f'stage_resources("{rule}")' in body and f'stage_threads("{rule}"' in body, f"{smk.name}: rule {rule}"
+        stages.check_resources(parse_params(tiny(resources=resources)))  # what the CLI and common.smk run first

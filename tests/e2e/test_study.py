@@ -12,7 +12,7 @@ import pytest
 import yaml
 
 from tests.conftest import clone_study, run
-from workflow import dag, paths
+from workflow import paths, stages
 from workflow.params import load_params
 
 pytestmark = pytest.mark.slow
@@ -83,8 +83,9 @@ def test_curation_edit_reruns_everything_downstream(study):
         assert everything <= scheduled(study)
         # curation feeds every other stage: the edit schedules the whole DAG, as --forceall plans it
         assert scheduled(study) == scheduled(study, "--forceall")
-        assert dvc_changed(study) == {f"curate-{s}" for s in params.sources} | {f"curate-split-{s}" for s in params.sources} \
-            | {f"curate-shard-{s}-{p}" for s in params.sources for p in dag.curate_parts(params, s)}
+        # min_chars is read by the per-file filters only: DVC flags them; the rest re-runs as their outputs change
+        assert dvc_changed(study) == {"resolve"} | {f"curate_shard-{s}-{p}" for s in params.sources
+                                                    for p in stages.shard_parts(params, s)}
     finally:
         (study / "params.yaml").write_text(before)
         run([sys.executable, "-m", "workflow", "dvc-yaml"], study)
@@ -93,9 +94,9 @@ def test_curation_edit_reruns_everything_downstream(study):
 def test_new_branch_runs_only_that_branch(study):
     edit_params(study, lambda p: p["decays"].update(extra={"from_step": 12, "steps": 4, "shape": "minus_sqrt", "final_lr": 0.0}))
     assert scheduled(study) == {paths.decay_dir("extra"), paths.eval_file("decay-extra"), paths.report_dir()}
-    assert dvc_changed(study) == {"decay@extra", "evaluate_decay@extra", "report"}
+    assert dvc_changed(study) == {"resolve", "decay@extra", "evaluate-decay@extra", "report"}
     ran = dvc(study, "repro").stdout
-    assert set(re.findall(r"Running stage '([^']+)'", ran)) == {"decay@extra", "evaluate_decay@extra", "report"}
+    assert set(re.findall(r"Running stage '([^']+)'", ran)) == {"resolve", "decay@extra", "evaluate-decay@extra", "report"}
     assert dvc_changed(study) == set()
     assert (study / paths.eval_file("decay-extra")).is_file()
 
@@ -105,15 +106,15 @@ def test_loss_weighted_merge_waits_for_its_inputs_evals(study):
     from tests.engines import dvc_jobs, snakemake_jobs
 
     edit_params(study, lambda p: p["merges"].update(
-        lw={"models": ["decay-short", "decay-late"], "method": "loss_weighted", "temperature": 0.1}))
+        lw2={"models": ["decay-short", "decay-late"], "method": "loss_weighted", "temperature": 0.1}))
     evals = {paths.eval_file("decay-short"), paths.eval_file("decay-late")}
-    assert evals <= snakemake_jobs(study)[paths.merge_dir("lw")].inputs
-    assert evals <= dvc_jobs(study)[paths.merge_dir("lw")].inputs
-    assert scheduled(study) == {paths.merge_dir("lw"), paths.eval_file("merge-lw"), paths.report_dir()}
+    assert evals <= snakemake_jobs(study)[paths.merge_dir("lw2")].inputs
+    assert evals <= dvc_jobs(study)[paths.merge_dir("lw2")].inputs
+    assert scheduled(study) == {paths.merge_dir("lw2"), paths.eval_file("merge-lw2"), paths.report_dir()}
     ran = dvc(study, "repro").stdout
-    assert set(re.findall(r"Running stage '([^']+)'", ran)) == {"merge-lw", "evaluate_merge@lw", "report"}
+    assert set(re.findall(r"Running stage '([^']+)'", ran)) == {"resolve", "merge-lw2", "evaluate-merge@lw2", "report"}
     losses = [json.loads((study / paths.eval_file(m)).read_text())["heldout"]["all"]["loss"] for m in ("decay-short", "decay-late")]
     weights = [math.exp(-loss / 0.1) for loss in losses]
-    meta = json.loads((study / paths.merge_dir("lw") / "meta.json").read_text())
+    meta = json.loads((study / paths.merge_dir("lw2") / "meta.json").read_text())
     assert [i["model"] for i in meta["lineage"]["inputs"]] == ["decay-short", "decay-late"]
     assert [i["weight"] for i in meta["lineage"]["inputs"]] == pytest.approx([w / sum(weights) for w in weights])

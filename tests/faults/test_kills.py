@@ -44,7 +44,9 @@ import pytest
 import yaml
 
 from tests.conftest import clone_study
-from workflow import dag, paths
+from workflow import paths, stages
+from workflow.engines import dvc as dvc_engine
+from workflow.engines import snakemake as engine
 from workflow.params import Params, load_params
 
 pytestmark = [pytest.mark.faults, pytest.mark.slow]
@@ -71,34 +73,24 @@ class Job:
         return " ".join(self.argv)
 
 
+KIND_OF = {"curate_shard": "curate", "curate_split": "curate", "curate": "curate", "tokenizer": "tokenize",
+           "tokenize": "tokenize", "trunk": "trunk", "decay": "decay", "merge": "merge", "evaluate": "evaluate"}
+
+
 def study_jobs(params: Params) -> dict[str, list[Job]]:
-    """Every job of the study by stage kind (cwd: the study, for the curate-shard globs)."""
+    """Every job of the study by kind, from the stage table (cwd: the study, for the curate_shard globs)."""
     jobs: dict[str, list[Job]] = {kind: [] for kind in KINDS}
-    for s, source in params.sources.items():
-        for part in dag.curate_parts(params, s):
-            jobs["curate"].append(Job("curate", ("curate-shard", "--source", s, "--part", part),
-                                      (paths.curate_shard_dir(s, part),), f"curate-shard-{s}-{part}",
-                                      f"curate_shard/{s}-{part}"))
-        jobs["curate"].append(Job("curate", ("curate-split", "--source", s), (paths.curate_split_dir(s),),
-                                  f"curate-split-{s}", f"curate_split/{s}"))
-        jobs["curate"].append(Job("curate", ("curate", "--source", s), (paths.curated_dir(s),), f"curate-{s}",
-                                  f"curate/{s}"))
-        jobs["tokenize"].append(Job("tokenize", ("tokenize", "--source", s), tuple(paths.tokens_files(source.domain)),
-                                    f"tokenize@{s}", f"tokenize/{source.domain}"))
-    jobs["tokenize"].append(Job("tokenize", ("tokenizer",), (paths.tokenizer_dir(),), "tokenizer", "tokenizer/tokenizer"))
-    for step in params.trunk.checkpoints:
-        jobs["trunk"].append(Job("trunk", ("trunk", "--step", str(step)), (paths.trunk_dir(step),), "trunk",
-                                 f"trunk/step-{step}", dvc_argv=("trunk",),
-                                 scratch=paths.scratch_dir("trunk", f"step-{step}")))
-    for b in params.decays:
-        jobs["decay"].append(Job("decay", ("decay", "--branch", b), (paths.decay_dir(b),), f"decay@{b}", f"decay/{b}",
-                                 scratch=paths.scratch_dir("decay", b)))
-    for m in params.merges:
-        jobs["merge"].append(Job("merge", ("merge", "--name", m), (paths.merge_dir(m),), f"merge-{m}", f"merge/{m}"))
-    for model in params.model_ids():
-        kind, key = model.split("-", 1)
-        jobs["evaluate"].append(Job("evaluate", ("evaluate", "--model", model), (paths.eval_file(model),),
-                                    f"evaluate_{kind}@{key}", f"evaluate/{model}"))
+    for job in stages.jobs(params):
+        kind = KIND_OF.get(job.stage.name)
+        if kind is None:
+            continue
+        argv = tuple(job.command.split()[3:])  # after `python -m workflow`
+        benchmark = engine.job_file(job.stage.name, "benchmarks", "").removeprefix("benchmarks/").format(**job.key)
+        scratch = {"trunk": lambda k: paths.scratch_dir("trunk", f"step-{k['step']}"),
+                   "decay": lambda k: paths.scratch_dir("decay", k["branch"])}.get(job.stage.name)
+        jobs[kind].append(Job(kind, argv, tuple(job.outputs), dvc_engine.stage_name(job.stage, job.key), benchmark,
+                              dvc_argv=(job.stage.name,) if job.stage.run_all else None,
+                              scratch=scratch(job.key) if scratch else None))
     return jobs
 
 

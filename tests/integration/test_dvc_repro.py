@@ -88,12 +88,12 @@ def test_fresh_clone_pulls_everything_and_reproduces_nothing(origin, clone):
 
 def test_exp_run_reruns_only_the_edited_branch(clone):
     out = dvc(clone, "exp", "run", "-S", "decays.a.steps=3")
-    assert ran_stages(out) == {"decay@a", "evaluate_decay@a", "report"}, out
+    assert ran_stages(out) == {"resolve", "decay@a", "evaluate-decay@a", "report"}, out
     assert json.loads(dvc(clone, "status", "--json") or "{}") == {}
     rows = json.loads(dvc(clone, "exp", "show", "--json"))
     exps = [e for row in rows for e in [row, *(x["revs"][0] for x in row.get("experiments") or [])]]
     data = [e["data"] for e in exps if e.get("data")]
-    steps = {d["params"]["params.yaml"]["data"]["decays"]["a"]["steps"] for d in data}
+    steps = {d["params"][paths.resolved_params()]["data"]["decays"]["a"]["steps"] for d in data}
     assert steps == {2, 3}
     metrics = [d["metrics"] for d in data]
     assert all(any(f.startswith("artifacts/eval/") for f in m) for m in metrics), metrics

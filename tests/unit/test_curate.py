@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 import zstandard
 
+from workflow import stages
 from workflow import curate, paths
 from workflow.curate import common
 from workflow.io import read_json, read_jsonl
@@ -89,7 +90,7 @@ def tree_digest(root: Path) -> dict[str, str]:
 
 
 def test_accounting_and_malformed(corpus, capsys):
-    curate.run(make_params(max_doc_bytes=200), "web")
+    stages.build(make_params(max_doc_bytes=200), "curate", source="web")
     stats = stats_of()
     expected = {k: len(v) for k, v in MALFORMED.items() if k != "binary_junk"}
     expected["invalid_utf8"] += 1
@@ -117,16 +118,16 @@ def test_accounting_and_malformed(corpus, capsys):
 
 
 def test_heldout_is_by_content_and_deterministic(corpus):
-    curate.run(make_params(), "web")
+    stages.build(make_params(), "curate", source="web")
     heldout = {r["text"] for r in load_split("heldout")}
     assert heldout == {t for t in VALID if curate.is_heldout(curate.text_digest(t), 0.3)}
 
 
 def test_rerun_and_killed_run_are_byte_identical(corpus, monkeypatch):
     root = Path(paths.curated_dir("web"))
-    curate.run(make_params(), "web")
+    stages.build(make_params(), "curate", source="web")
     first = tree_digest(root)
-    curate.run(make_params(), "web")  # reuses the intermediates
+    stages.build(make_params(), "curate", source="web")  # every step again: the same bytes
     assert tree_digest(root) == first
     shutil.rmtree(paths.ARTIFACTS)
 
@@ -141,10 +142,10 @@ def test_rerun_and_killed_run_are_byte_identical(corpus, monkeypatch):
 
     monkeypatch.setattr(common.JsonlZst, "write", dying_write)
     with pytest.raises(KeyboardInterrupt):
-        curate.run(make_params(), "web")
+        stages.build(make_params(), "curate", source="web")
     assert not root.exists()
     monkeypatch.setattr(common.JsonlZst, "write", real_write)
-    curate.run(make_params(), "web")
+    stages.build(make_params(), "curate", source="web")
     assert tree_digest(root) == first
     leftovers = [p for p in Path(paths.ARTIFACTS).rglob("*") if ".tmp-" in p.name or ".old-" in p.name]
     assert not leftovers
@@ -154,7 +155,7 @@ def test_id_key_and_meta(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     write_lines(tmp_path / "raw/a.jsonl", [doc(VALID[0], uid="doc-1", meta={"lang": "en"}), doc(VALID[1])])
     params = make_params(sources={"web": {"paths": ["raw/*.jsonl"], "domain": "web", "id_key": "uid"}}, heldout_fraction=0.0)
-    curate.run(params, "web")
+    stages.build(params, "curate", source="web")
     recs = load_split("train")
     assert recs[0]["id"] == "doc-1" and recs[0]["meta"]["lang"] == "en"
     assert recs[0]["meta"]["origin"] == "raw/a.jsonl:1"
@@ -170,26 +171,26 @@ def test_parquet_and_text_key(tmp_path, monkeypatch):
     (tmp_path / "raw").mkdir()
     pq.write_table(pa.table({"body": [VALID[0], None, VALID[1], ""], "n": [1, 2, 3, 4]}), tmp_path / "raw/a.parquet")
     params = make_params(sources={"web": {"paths": ["raw/*.parquet"], "domain": "web", "text_key": "body"}}, heldout_fraction=0.0)
-    curate.run(params, "web")
+    stages.build(params, "curate", source="web")
     assert [r["text"] for r in load_split("train")] == VALID[:2]
     assert stats_of()["invalid"] == {"empty_text": 1, "null_text": 1}
 
 
 def test_missing_paths_raise_params_error(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    with pytest.raises(ParamsError, match=r"sources\.web\.paths"):
-        curate.run(make_params(paths_=("nowhere/*.jsonl.zst",)), "web")
+    with pytest.raises(ParamsError, match=r"sources\.web\.paths: 'nowhere/\*\.jsonl\.zst' matches no file"):
+        stages.call(make_params(paths_=("nowhere/*.jsonl.zst",)), "curate_shard", source="web", part="00000")
     assert not Path(paths.ARTIFACTS).exists()
 
 
 def test_missing_eval_file_is_an_error_before_work(corpus):
-    with pytest.raises(ParamsError, match=r"eval\.decontaminate_files\.0"):
-        curate.run(make_params(eval_files=["nope.jsonl"], decontamination={}), "web")
+    with pytest.raises(FileNotFoundError, match=r"missing input of curate@web: nope\.jsonl"):
+        stages.build(make_params(eval_files=["nope.jsonl"], decontamination={}), "curate", source="web")
     assert not Path(paths.ARTIFACTS).exists()
 
 
 def test_no_dedup_keeps_duplicates(corpus):
-    curate.run(make_params(exact_dedup=False, max_doc_bytes=200), "web")
+    stages.build(make_params(exact_dedup=False, max_doc_bytes=200), "curate", source="web")
     stats = stats_of()
     assert stats["duplicates"]["exact"] == 0
     assert stats["docs_out"] + stats["heldout_docs"] == len(VALID) + 2 + 2
@@ -201,7 +202,7 @@ def test_truncated_file_counted_not_fatal(tmp_path, monkeypatch):
     data = (tmp_path / "raw/a.jsonl.zst").read_bytes()
     (tmp_path / "raw/a.jsonl.zst").write_bytes(data[: len(data) // 2])  # killed download
     write_lines(tmp_path / "raw/b.jsonl", [doc(VALID[0] + " extra words")])
-    curate.run(make_params(), "web")
+    stages.build(make_params(), "curate", source="web")
     stats = stats_of()
     assert stats["invalid"].get("unreadable_file") == 1
     kept = stats["docs_out"] + stats["heldout_docs"]
@@ -210,14 +211,12 @@ def test_truncated_file_counted_not_fatal(tmp_path, monkeypatch):
 
 
 def test_unknown_source(corpus):
-    with pytest.raises(ParamsError, match=r"sources\.nope"):
-        curate.run(make_params(), "nope")
+    with pytest.raises(ParamsError, match=r"curate --source nope: not declared by the study \(declared: web\)"):
+        stages.build(make_params(), "curate", source="nope")
 
 
 def test_stage_commands_need_their_inputs(corpus):
-    from workflow.curate import gather, split
-
-    with pytest.raises(FileNotFoundError, match="curate-shard"):
-        split.run(make_params(), "web")
-    with pytest.raises(FileNotFoundError, match="curate-shard"):
-        gather.run(make_params(), "web")
+    with pytest.raises(FileNotFoundError, match="curate_shard --source web --part 00000"):
+        stages.call(make_params(), "curate_split", source="web")
+    with pytest.raises(FileNotFoundError, match="curate_shard --source web --part 00000"):
+        stages.call(make_params(), "curate", source="web")

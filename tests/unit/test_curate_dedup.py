@@ -10,7 +10,8 @@ import random
 import numpy as np
 
 from tests.unit.test_curate import load_split, make_params, stats_of, write_lines
-from workflow import curate, dag, paths
+from workflow import stages
+from workflow import curate, paths
 from workflow.curate.dedup import WORD, MinHasher, first_occurrences, near_duplicates, text_digest
 from workflow.params import NearDedup
 
@@ -68,7 +69,7 @@ def test_curate_removes_planted_duplicates_across_shards(tmp_path, monkeypatch):
     exact = docs[:25]
     write_lines(tmp_path / "raw/a.jsonl", [json.dumps({"text": t}).encode() for t in docs[:50]])
     write_lines(tmp_path / "raw/b.jsonl.zst", [json.dumps({"text": t}).encode() for t in docs[50:] + exact])
-    curate.run(make_params(near_dedup={}, heldout_fraction=0.1), "web")
+    stages.build(make_params(near_dedup={}, heldout_fraction=0.1), "curate", source="web")
     stats = stats_of()
     assert stats["duplicates"]["exact"] == len(exact)
     assert 36 <= stats["duplicates"]["near"] <= 40
@@ -88,7 +89,7 @@ def test_planted_eval_passage_is_removed(tmp_path, monkeypatch):
     write_lines(tmp_path / "raw/a.jsonl", [json.dumps({"text": t}).encode() for t in clean + [dirty]])
     (tmp_path / "evals").mkdir()
     (tmp_path / "evals/task.jsonl").write_text(json.dumps({"question": {"stem": EVAL_PASSAGE}, "answer": "x"}) + "\n")
-    curate.run(make_params(eval_files=["evals/task.jsonl"], decontamination={"ngram": 13}, heldout_fraction=0.0), "web")
+    stages.build(make_params(eval_files=["evals/task.jsonl"], decontamination={"ngram": 13}, heldout_fraction=0.0), "curate", source="web")
     assert stats_of()["decontaminated"] == 1
     assert sorted(r["text"] for r in load_split("train")) == sorted(clean)
 
@@ -105,10 +106,11 @@ def test_training_data_is_decontaminated_against_other_sources_heldout(tmp_path,
     b_docs = [t for t in b_docs if not curate.is_heldout(text_digest(t), 0.2)] or b_docs
     write_lines(tmp_path / "raw/a.jsonl", [json.dumps({"text": t}).encode() for t in a_docs])
     write_lines(tmp_path / "raw/b.jsonl", [json.dumps({"text": t}).encode() for t in b_docs])
-    curate.run(params, "b")
+    stages.build(params, "curate", source="b")
     assert all(held[0] not in r["text"] for r in load_split("train", "b"))
     assert stats_of("b")["decontaminated"] >= 1
-    assert dag.inputs(params, "curate", "b") == [paths.curate_shard_dir("b", 0), paths.curate_split_dir("b"), paths.curate_split_dir("a")]
+    assert stages.flat(stages.STAGES["curate"].inputs(params, source="b")) == [
+        paths.curate_shard_dir("b", 0), paths.curate_split_dir("b"), paths.curate_split_dir("a")]
 
 
 def test_cross_source_exact_dedup_edge(tmp_path, monkeypatch):
@@ -119,8 +121,10 @@ def test_cross_source_exact_dedup_edge(tmp_path, monkeypatch):
     write_lines(tmp_path / "raw/b1.jsonl", [json.dumps({"text": text}).encode(), json.dumps({"text": text + "!"}).encode()])
     write_lines(tmp_path / "raw/b2.jsonl", [json.dumps({"text": "b only " + text}).encode()])
     params = make_params(sources=sources, exact_dedup_across_sources=True, heldout_fraction=0.0)
-    assert dag.inputs(params, "curate_split", "b") == [paths.curate_shard_dir("a", 0), paths.curate_shard_dir("b", 0), paths.curate_shard_dir("b", 1)]
-    assert dag.inputs(params, "curate_shard", ("b", "00001")) == ["raw/b2.jsonl"]
-    curate.run(params, "b")
+    split_inputs = stages.STAGES["curate_split"].inputs
+    assert split_inputs(params, source="b") == {"shards": [paths.curate_shard_dir("b", 0), paths.curate_shard_dir("b", 1)],
+                                               "earlier": [paths.curate_shard_dir("a", 0)]}
+    assert stages.STAGES["curate_shard"].inputs(params, source="b", part="00001") == {"raw": ["raw/b2.jsonl"]}
+    stages.build(params, "curate", source="b")
     assert stats_of("b")["duplicates"]["exact"] == 1
-    assert dag.inputs(make_params(sources=sources), "curate_split", "b") == [paths.curate_shard_dir("b", 0), paths.curate_shard_dir("b", 1)]
+    assert split_inputs(make_params(sources=sources), source="b")["earlier"] == []

@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from tests.unit.conftest import train_params_dict
+from workflow import stages
 from workflow import paths
 from workflow.params import ParamsError, parse_params
 from workflow.train import checkpoint as ckpt
@@ -105,9 +106,9 @@ def test_decay_lr_curve_and_data(train_study, monkeypatch):
                            "mixture": {"prose": 1.0, "code": 3.0}}
     raw["merges"] = {}
     params = parse_params(raw)
-    trunk.run(params, None)
+    stages.call(params, "trunk")
     for branch, d in params.decays.items():
-        decay.run(params, branch)
+        stages.call(params, "decay", branch=branch)
         log = ckpt.read_log(paths.decay_dir(branch))
         assert [r["step"] for r in log] == list(range(d.from_step + 1, d.end_step + 1))
         assert [r["lr"] for r in log] == megatron_lrs(3e-3, d.min_lr(params.trunk), d.shape, d.decay_steps)
@@ -129,10 +130,10 @@ def test_rewarm_and_optimizer_reset(train_study):
     raw = study(keep={"from_step": 4, "steps": 2, "rewarm": {"steps": 2}},
                 reset={"from_step": 4, "steps": 2, "rewarm": {"steps": 2, "peak_lr": 6e-3, "reset_optimizer": True}})
     params = parse_params(raw)
-    trunk.run(params, 4)
+    stages.call(params, "trunk", step=4)
     steps = {}
     for branch in params.decays:
-        decay.run(params, branch)
+        stages.call(params, "decay", branch=branch)
         log = ckpt.read_log(paths.decay_dir(branch))
         peak = params.decays[branch].peak_lr(params.trunk)
         assert [r["lr"] for r in log] == megatron_lrs(peak, 0.0, "linear", 2, warmup=2)

@@ -21,6 +21,7 @@ import pytest
 import yaml
 
 from tests.unit.test_tokenize import HELDOUT, TEXTS, make_params, write_curated
+from workflow import stages
 from workflow import cli, paths, tokenize, tokenizer
 from workflow.errors import DiskFullError
 from workflow.io import atomic_dir, atomic_file, write_json, write_jsonl_zst
@@ -133,8 +134,8 @@ def token_study(disk, monkeypatch):
     params = make_params()
     Path("params.yaml").write_text(yaml.safe_dump(params.model_dump(mode="json", exclude_unset=True)))
     write_curated("web", TEXTS[:20], HELDOUT)
-    tokenizer.run(params)
-    tokenize.run(params, "web")
+    stages.call(params, "tokenizer")
+    stages.call(params, "tokenize", domain="webtext")
     write_curated("web", TEXTS, HELDOUT)  # the next run would write other tokens
     return params
 
@@ -147,7 +148,7 @@ def test_tokenize_from_the_cli(disk, token_study, capsys):
     before = tokens()
     disk.fill()
     with pytest.raises(SystemExit) as exit_:
-        cli.main(["tokenize", "--source", "web"])
+        cli.main(["tokenize", "--domain", "webtext"])
     err = capsys.readouterr().err
     assert exit_.value.code == 1 and "Traceback" not in err
     assert err.splitlines()[-1].startswith(f"error: [tokenize] disk full (No space left on device) while writing "
@@ -161,7 +162,7 @@ def test_tokenize_publish(disk, token_study):
     before = tokens()
     disk.fill(names="*.stats.json*")
     with pytest.raises(DiskFullError, match="while writing artifacts/tokens/webtext"):
-        tokenize.run(token_study, "web")
+        stages.call(token_study, "tokenize", domain="webtext")
     assert tokens() == before and not temporaries(disk.root)
 
 

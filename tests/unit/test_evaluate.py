@@ -19,7 +19,9 @@ import torch
 import yaml
 
 from tests.unit.conftest import TRAIN_DOMAINS, _train_docs, train_params_dict, write_train_inputs
-from workflow import dag, evaluate, paths
+from workflow import stages
+from workflow import evaluate, paths
+from workflow.engines import dvc as dvc_engine
 from workflow.errors import StageError
 from workflow.evaluate import taskdata
 from workflow.evaluate.heldout import heldout_windows
@@ -40,8 +42,8 @@ def build_study(root: Path):
                         [{"text": t, "domain": domain} for t in _train_docs(domain, 60, 0)[50:]])
     params = parse_params({**train_params_dict(checkpoints=[2]),
                            "eval": {"batch_size": 4, "max_sequences": 5, "local_tasks": LOCAL_TASKS}})
-    trunk.run(params, 2)
-    taskdata.run(params)
+    stages.call(params, "trunk", step=2)
+    stages.call(params, "eval_tasks")
     return params
 
 
@@ -52,7 +54,7 @@ def study(tmp_path_factory):
         mp.chdir(root)
         mp.setenv("ARBOR_THREADS", "1")
         params = build_study(root)
-        evaluate.run(params, MODEL)
+        stages.call(params, "evaluate", model=MODEL)
     return root, params
 
 
@@ -93,7 +95,7 @@ def test_eval_json_schema_values_and_determinism(in_study):
     assert cloze["samples"] == sum(d["cloze"] for d in meta.values()) and 0 <= cloze["acc"] <= 1 and "acc_norm_stderr" in cloze
     assert held["samples"] == sum(d["heldout"] for d in meta.values())
     assert 0 < held["bits_per_byte"] < 20 and held["byte_perplexity"] == pytest.approx(2 ** held["bits_per_byte"])
-    evaluate.run(params, MODEL)  # deterministic
+    stages.call(params, "evaluate", model=MODEL)  # deterministic
     assert read_json(paths.eval_file(MODEL)) == out
 
 
@@ -110,15 +112,16 @@ def test_heldout_windows(train_study):
 
 
 def test_evaluate_missing_model(in_study):
+    declared = parse_params(train_params_dict(checkpoints=[2, 4]))  # trunk-4 is declared but was never trained
     with pytest.raises(StageError, match="trunk-4.*build it first"):
-        evaluate.run(in_study, "trunk-4")
+        stages.call(declared, "evaluate", model="trunk-4")
 
 
 def test_missing_task_data_names_the_stage(in_study, monkeypatch, tmp_path):
     from workflow.evaluate.harness import check_local_data
 
     monkeypatch.chdir(tmp_path)
-    with pytest.raises(StageError, match=r"artifacts/tasks/heldout\.jsonl is missing \(data of the local task arbor_heldout\).*python -m workflow eval-tasks"):
+    with pytest.raises(StageError, match=r"artifacts/tasks/heldout\.jsonl is missing \(data of the local task arbor_heldout\).*python -m workflow eval_tasks"):
         check_local_data(["arbor_heldout", "arbor_cloze"])
     check_local_data(["hellaswag"])  # not local: nothing to check here
 
@@ -223,17 +226,18 @@ def test_heldout_items_cut_at_word_boundaries():
 
 
 def test_task_yamls_read_what_eval_tasks_writes(in_study):
-    """Every local task's data file is written by `eval-tasks` (and the DAG edge exists in both engines)."""
+    """Every local task's data file is written by `eval_tasks` (and the DAG edge exists in both engines)."""
     written = {f"{paths.tasks_dir()}/{name}" for name in (taskdata.CLOZE_FILE, taskdata.HELDOUT_FILE)}
     assert set(taskdata.local_tasks()) == {"arbor_cloze", "arbor_heldout"}
     assert {f for files in taskdata.local_tasks().values() for f in files} == written
     for f in written:
         assert Path(f).is_file() and Path(f).stat().st_size > 0
-    assert paths.tasks_dir() in dag.inputs(in_study, "evaluate", MODEL)
-    dvc = dag.dvc_document(in_study)["stages"]
-    assert dvc["eval-tasks"]["outs"] == [paths.tasks_dir()] and paths.tasks_dir() in dvc["evaluate_trunk"]["do"]["deps"]
+    evaluate_inputs = stages.STAGES["evaluate"].inputs
+    assert evaluate_inputs(in_study, model=MODEL)["tasks"] == [paths.tasks_dir()]
+    dvc = dvc_engine.document(in_study)["stages"]
+    assert dvc["eval_tasks"]["outs"] == [paths.tasks_dir()] and paths.tasks_dir() in dvc["evaluate-trunk"]["do"]["deps"]
     no_local = parse_params({**train_params_dict(checkpoints=[2]), "eval": {"tasks": ["hellaswag"]}})
-    assert paths.tasks_dir() not in dag.inputs(no_local, "evaluate", MODEL) and "eval-tasks" not in dag.dvc_document(no_local)["stages"]
+    assert evaluate_inputs(no_local, model=MODEL)["tasks"] == [] and "eval_tasks" not in dvc_engine.document(no_local)["stages"]
 
 
 def test_eval_tasks_refuses_a_too_small_heldout_split(in_study, tmp_path, monkeypatch):
@@ -241,7 +245,7 @@ def test_eval_tasks_refuses_a_too_small_heldout_split(in_study, tmp_path, monkey
     for domain in TRAIN_DOMAINS:
         write_jsonl_zst(tmp_path / paths.curated_dir(domain) / "heldout/part-00000.jsonl.zst", [{"text": "a few words"}])
     with pytest.raises(StageError, match="eval.local_tasks.context_words"):
-        taskdata.run(in_study)
+        stages.call(in_study, "eval_tasks")
     assert not Path(paths.tasks_dir()).exists()
 
 
@@ -255,7 +259,7 @@ def test_dvc_metrics_show_lists_every_eval(in_study, tmp_path):
     merge_lineage = {**out["lineage"], "kind": "merge", "inputs": [{"model": MODEL, "step": 2}], "mixture": {"code": 3.0}}
     for model_id, lineage in ((MODEL, out["lineage"]), ("merge-x", merge_lineage)):
         (repo / paths.eval_file(model_id)).write_text(json.dumps({**out, "model": model_id, "lineage": lineage}))
-    (repo / "dvc.yaml").write_text(yaml.safe_dump({"metrics": dag.dvc_document(in_study)["metrics"]}))
+    (repo / "dvc.yaml").write_text(yaml.safe_dump({"metrics": dvc_engine.document(in_study)["metrics"]}))
     env = {**os.environ, "DVC_NO_ANALYTICS": "1"}
     dvc = [str(Path(sys.executable).with_name("dvc"))]
     for cmd in (["git", "init", "-q"], dvc + ["init", "-q"]):

@@ -18,6 +18,7 @@ import pytest
 import torch
 import yaml
 
+from workflow import stages
 from workflow import cli, curate, integrity, merge, paths, tokenize, tokenizer
 from workflow.errors import StageError
 from workflow.evaluate.heldout import heldout_metrics
@@ -62,11 +63,11 @@ def built(tmp_path_factory) -> Path:
     os.environ["ARBOR_THREADS"] = "1"
     try:
         params = parse_params(STUDY)
-        curate.run(params, "web")
-        tokenizer.run(params)
-        tokenize.run(params, "web", workers=1)
-        trunk.run(params)
-        merge.run(params, "avg")
+        stages.build(params, "curate", source="web")
+        stages.call(params, "tokenizer")
+        stages.call(params, "tokenize", domain="web", workers=1)
+        stages.call(params, "trunk")
+        stages.call(params, "merge", name="avg")
     finally:
         os.chdir(cwd)
         if old_threads is None:
@@ -154,7 +155,7 @@ def test_untouched_study_passes(study):
                                                                    "web.heldout.idx"}
     assert "part-00000.jsonl.zst" in read_json(Path(paths.curated_dir("web")) / "stats.json")["files"]
     assert "checkpoint/.metadata" in ckpt.read_meta(paths.merge_dir("avg"))["files"]
-    tokenize.run(study, "web", workers=1)
+    stages.call(study, "tokenize", domain="web", workers=1)
     DataStream(study, TokenizerInfo.load(study), domain_weights(study, None))
     loaded = load_model(study, "merge-avg")
     assert heldout_metrics(study, loaded)["web"]["tokens"] > 0
@@ -163,7 +164,7 @@ def test_untouched_study_passes(study):
 @pytest.mark.parametrize("corrupt", [truncate, flip])
 def test_curated_shard(study, corrupt):
     expected = corrupt(Path(paths.curated_dir("web")) / "part-00000.jsonl.zst")
-    for stage in (lambda: tokenize.run(study, "web", workers=1), lambda: tokenizer.run(study)):
+    for stage in (lambda: stages.call(study, "tokenize", domain="web", workers=1), lambda: stages.call(study, "tokenizer")):
         with pytest.raises(integrity.IntegrityError) as err:
             stage()
         assert single_line(err).startswith(expected)
@@ -172,8 +173,8 @@ def test_curated_shard(study, corrupt):
 
 def test_curate_intermediate(study):
     expected = flip(Path(paths.curate_shard_dir("web", 0)) / "docs.jsonl.zst")
-    with pytest.raises(integrity.IntegrityError, match=f"^{re.escape(expected)}.*curate-shard --source web --part 0"):
-        curate.run(study, "web")
+    with pytest.raises(integrity.IntegrityError, match=f"^{re.escape(expected)}.*curate_shard --source web --part 00000"):
+        stages.call(study, "curate_split", source="web")
 
 
 @pytest.mark.parametrize("corrupt", [truncate, flip])
@@ -183,9 +184,9 @@ def test_token_files(study, corrupt, ext):
     heldout = corrupt(f"{paths.tokens_prefix('web', 'heldout')}.{ext}")
     with pytest.raises(integrity.IntegrityError) as err:  # trunk / decay: before megatron opens them
         DataStream(study, TokenizerInfo.load(study), domain_weights(study, None))
-    assert single_line(err).startswith(train) and "rerun `python -m workflow tokenize --source web`" in str(err.value)
+    assert single_line(err).startswith(train) and "rerun `python -m workflow tokenize --domain web`" in str(err.value)
     with pytest.raises(integrity.IntegrityError, match=f"^{re.escape(train)}"):  # before the fingerprint: no retraining
-        trunk.run(study)
+        stages.call(study, "trunk")
     assert ckpt.incomplete(paths.trunk_dir(3)) is None
     loaded = load_model(study, "trunk-3")
     with pytest.raises(integrity.IntegrityError, match=f"^{re.escape(heldout)}"):  # evaluate
@@ -197,10 +198,10 @@ def test_token_files(study, corrupt, ext):
 def test_checkpoint_file(study, corrupt, name):
     expected = corrupt(Path(paths.trunk_dir(2)) / name)
     with pytest.raises(ckpt.CheckpointError) as err:  # trunk: continue from step-2
-        trunk.run(study, 3)
+        stages.call(study, "trunk", step=3)
     assert expected in single_line(err) and "rerun `python -m workflow trunk --step 2`" in str(err.value)
     with pytest.raises(ckpt.CheckpointError, match=re.escape(expected)):  # merge, evaluate / export
-        merge.run(study, "avg")
+        stages.call(study, "merge", name="avg")
     with pytest.raises(StageError, match=re.escape(expected)):
         load_model(study, "trunk-2")
 
@@ -217,7 +218,7 @@ def test_merged_model(study, corrupt, tmp_path):
 def test_cli_one_line_exit_1(study, capsys):
     flip(Path(paths.curated_dir("web")) / "heldout/part-00000.jsonl.zst")
     with pytest.raises(SystemExit) as exit_:
-        cli.main(["tokenize", "--source", "web"])
+        cli.main(["tokenize", "--domain", "web"])
     assert exit_.value.code == 1
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "Traceback" not in err

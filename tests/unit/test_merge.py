@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from tests.unit.conftest import train_params_dict
+from workflow import stages
 from workflow import merge, paths
 from workflow.params import parse_params
 from workflow.train import checkpoint as ckpt
@@ -23,12 +24,12 @@ def merge_params(train_study):
                      "weighted": {"models": ["trunk-2", "trunk-4", "trunk-6"], "method": "weighted", "weights": [1, 2, 5]},
                      "lawa": {"trunk_last_k": 2, "method": "loss_weighted", "temperature": 0.05}}
     params = parse_params(raw)
-    trunk.run(params, None)
+    stages.call(params, "trunk")
     return params
 
 
 def test_merge_is_elementwise_mean(merge_params, train_weights):
-    merge.run(merge_params, "avg")
+    stages.call(merge_params, "merge", name="avg")
     inputs = [train_weights(paths.trunk_dir(s), merge_params) for s in (2, 4, 6)]
     merged = train_weights(paths.merge_dir("avg"), merge_params)
     assert merged.keys() == inputs[0].keys()
@@ -43,8 +44,8 @@ def test_merge_is_elementwise_mean(merge_params, train_weights):
 
 
 def test_merge_of_a_merge_and_no_training_from_it(merge_params, train_weights):
-    merge.run(merge_params, "avg")
-    merge.run(merge_params, "nested")
+    stages.call(merge_params, "merge", name="avg")
+    stages.call(merge_params, "merge", name="nested")
     avg = train_weights(paths.merge_dir("avg"), merge_params)
     last = train_weights(paths.trunk_dir(6), merge_params)
     nested = train_weights(paths.merge_dir("nested"), merge_params)
@@ -60,8 +61,8 @@ def test_merge_of_a_merge_and_no_training_from_it(merge_params, train_weights):
 def test_merge_missing_input(train_study):
     raw = train_params_dict(checkpoints=[2, 4])
     raw["merges"] = {"x": {"models": ["trunk-2", "trunk-4"]}}
-    with pytest.raises(ckpt.CheckpointError, match="trunk-2"):
-        merge.run(parse_params(raw), "x")
+    with pytest.raises(ckpt.CheckpointError, match="trunk/step-2"):
+        stages.call(parse_params(raw), "merge", name="x")
 
 
 def weighted_mean(inputs: list[dict], coeffs: list[float]) -> dict:
@@ -76,7 +77,7 @@ def weighted_mean(inputs: list[dict], coeffs: list[float]) -> dict:
 
 
 def test_weighted_merge_is_exact(merge_params, train_weights):
-    merge.run(merge_params, "weighted")
+    stages.call(merge_params, "merge", name="weighted")
     inputs = [train_weights(paths.trunk_dir(s), merge_params) for s in (2, 4, 6)]
     merged = train_weights(paths.merge_dir("weighted"), merge_params)
     expected = weighted_mean(inputs, [1.0, 2.0, 5.0])
@@ -88,25 +89,25 @@ def test_weighted_merge_is_exact(merge_params, train_weights):
 
 
 def test_loss_weighted_merge_of_last_k(merge_params, train_weights):
-    from workflow import dag
     from workflow.io import write_json
 
+    merge_inputs = stages.STAGES["merge"].inputs
     assert merge_params.merge_inputs("lawa") == ["trunk-4", "trunk-6"]
-    assert dag.inputs(merge_params, "merge", "lawa") == [paths.trunk_dir(4), paths.trunk_dir(6),
-                                                         paths.eval_file("trunk-4"), paths.eval_file("trunk-6")]
-    assert dag.inputs(merge_params, "merge", "weighted") == [paths.trunk_dir(s) for s in (2, 4, 6)]
+    assert merge_inputs(merge_params, name="lawa") == {"models": [paths.trunk_dir(4), paths.trunk_dir(6)],
+                                                       "evals": [paths.eval_file("trunk-4"), paths.eval_file("trunk-6")]}
+    assert merge_inputs(merge_params, name="weighted") == {"models": [paths.trunk_dir(s) for s in (2, 4, 6)], "evals": []}
     with pytest.raises(ckpt.CheckpointError, match="trunk-4.json: missing"):
-        merge.run(merge_params, "lawa")
+        stages.call(merge_params, "merge", name="lawa")
     losses = {"trunk-4": 5.25, "trunk-6": 5.2}  # held-out losses as `evaluate` reports them
     for model, loss in losses.items():
         write_json(paths.eval_file(model), {"model": model, "heldout": {"all": {"loss": loss, "bpb": 1.0, "tokens": 10}}})
     softmax = torch.softmax(-torch.tensor(list(losses.values()), dtype=torch.float64) / 0.05, dim=0).tolist()
     assert softmax == pytest.approx([1 / (1 + math.e), math.e / (1 + math.e)])  # loss gap = temperature
-    merge.run(merge_params, "lawa")
+    stages.call(merge_params, "merge", name="lawa")
     meta = ckpt.read_meta(paths.merge_dir("lawa"))
     assert [i["weight"] for i in meta["lineage"]["inputs"]] == pytest.approx(softmax, rel=1e-12)
     inputs = [train_weights(paths.trunk_dir(s), merge_params) for s in (4, 6)]
-    expected = weighted_mean(inputs, merge.coefficients(merge_params, "lawa"))
+    expected = weighted_mean(inputs, merge.coefficients(merge_params, "lawa", [paths.eval_file(m) for m in losses], 2))
     merged = train_weights(paths.merge_dir("lawa"), merge_params)
     for k in merged:
         assert torch.equal(merged[k], expected[k]), k

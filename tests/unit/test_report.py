@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from workflow import stages
 from workflow import paths, report
 from workflow.io import write_json
 from workflow.params import parse_params
@@ -74,7 +75,7 @@ def table_rows(md: str) -> dict[str, dict[str, str]]:
 
 
 def test_table_cost_and_findings(study, capsys):
-    report.run(study)
+    stages.call(study, "report")
     md = Path(paths.report_file()).read_text()
     rows = table_rows(md)
     assert list(rows) == ["trunk-10", "trunk-20", "decay-a", "decay-b", "merge-m", "merge-mm"]
@@ -110,7 +111,7 @@ def test_table_cost_and_findings(study, capsys):
 
 
 def test_plots_html_and_stable_bytes(study):
-    report.run(study)
+    stages.call(study, "report")
     root = Path(paths.report_dir())
     first = {p.relative_to(root): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
     plots = ("plots/loss.png", "plots/bpb.png", "plots/merges.png")
@@ -123,25 +124,25 @@ def test_plots_html_and_stable_bytes(study):
         assert png.startswith(PNG_MAGIC) and b"matplotlib" not in png  # valid, no version stamp
         assert base64.b64encode(png).decode() in html
     assert "<td>decay-a</td>" in html and "Findings" in html and "Science check" in html and "→" in html
-    report.run(study)
+    stages.call(study, "report")
     assert {p.relative_to(root): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()} == first
 
 
 def test_missing_or_wrong_eval_names_file_and_command(study):
     Path(paths.eval_file("decay-b")).unlink()
     with pytest.raises(FileNotFoundError, match=r"artifacts/eval/decay-b\.json.*python -m workflow evaluate --model decay-b"):
-        report.run(study)
+        stages.call(study, "report")
     assert not Path(paths.report_dir()).exists()
     write_json(paths.eval_file("decay-b"), {"model": "decay-a", "heldout": {"all": {"loss": 1.0, "bpb": 1.0}}})
     with pytest.raises(ValueError, match=r"decay-b\.json: not an eval of decay-b"):
-        report.run(study)
+        stages.call(study, "report")
 
 
 def test_trunk_log_joins_segment_logs_and_missing_logs_only_warn(study, capsys):
     write_log("trunk-20", range(11, 21))  # per-segment logs instead of a cumulative one
     assert [s for s, _ in report.trunk_log(study)] == list(range(1, 21))
     Path(paths.train_log(paths.decay_dir("a"))).unlink()
-    report.run(study)
+    stages.call(study, "report")
     assert "decay/a/train_log.jsonl is missing" in capsys.readouterr().err
     assert Path(paths.loss_plot()).read_bytes().startswith(PNG_MAGIC)
 
@@ -151,7 +152,7 @@ def test_trunk_only_study(tmp_path, monkeypatch):
     params = parse_params({"sources": {"p": {"paths": ["x"], "domain": "prose"}}, "trunk": {"checkpoints": [5]}})
     write_log("trunk-5", range(1, 6))
     write_eval("trunk-5", loss=5.0)
-    report.run(params)
+    stages.call(params, "report")
     md = Path(paths.report_file()).read_text()
     assert table_rows(md)["trunk-5"]["own steps"] == "5" and "1.00× fewer (0% saved)" in md
     assert "No decays or LAWA merges to check." in md and not Path("reports/plots/merges.png").exists()
@@ -181,7 +182,7 @@ def test_science_check(tmp_path, monkeypatch):
         ("decay-plain", "code", "PASS"),                                                          # 3.1 < 3.4 on code
         (None, "prose", "SKIP")]                                                                  # no twin
     assert checks["mixture", "decay-lonely"].note.startswith("no twin")
-    report.run(params)
+    stages.call(params, "report")
     md = Path(paths.report_file()).read_text()
     assert "| mixture decay beats its twin on its upweighted domain | decay-mix | decay-plain | held-out loss (code) | " \
            "3.1000 | 3.4000 | -0.3000 | PASS |" in md

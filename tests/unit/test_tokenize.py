@@ -20,6 +20,7 @@ import numpy as np
 import pytest
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers
 
+from workflow import stages
 from workflow import paths, tokenize, tokenizer
 from workflow.io import read_json, write_json, write_jsonl_zst
 from workflow.params import parse_params
@@ -80,8 +81,8 @@ def study(tmp_path_factory):
     mp.chdir(root)
     write_curated("web", TEXTS, HELDOUT)
     params = make_params(special_tokens=["<|fim_prefix|>"])
-    tokenizer.run(params)
-    tokenize.run(params, "web", workers=2)
+    stages.call(params, "tokenizer")
+    stages.call(params, "tokenize", domain="webtext", workers=2)
     yield params, root
     mp.undo()
 
@@ -92,7 +93,7 @@ def small_study(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     write_curated("web", TEXTS[:20], HELDOUT)
     params = make_params()
-    tokenizer.run(params)
+    stages.call(params, "tokenizer")
     return params
 
 
@@ -169,7 +170,7 @@ def test_workers_give_identical_bytes(study, tmp_path):
     """1 worker (in process) and 2 workers (fed tiny chunks, so results come back out of order) agree."""
     params, _ = study
     two = digest()
-    tokenize.run(params, "web", workers=1)
+    stages.call(params, "tokenize", domain="webtext", workers=1)
     assert digest() == two
     assert not temporaries()
     tok = Tokenizer.from_file(paths.tokenizer_file())
@@ -186,7 +187,7 @@ def test_workers_give_identical_bytes(study, tmp_path):
 def test_rerun_identical_and_summary(study, capsys):
     params, _ = study
     first = digest()
-    tokenize.run(params, "web", workers=2)
+    stages.call(params, "tokenize", domain="webtext", workers=2)
     assert digest() == first
     assert not temporaries()
     out = capsys.readouterr().out
@@ -211,9 +212,9 @@ def test_user_tokenizer_used_as_is(tmp_path, monkeypatch):
     user.save("user.json")
     write_curated("web", TEXTS[:5] + [TEXTS[-1]], HELDOUT)
     params = make_params(path="user.json", eod_token="</s>")
-    tokenizer.run(params)
+    stages.call(params, "tokenizer")
     assert Path(paths.tokenizer_file()).read_bytes() == Path("user.json").read_bytes()
-    tokenize.run(params, "web", workers=2)
+    stages.call(params, "tokenize", domain="webtext", workers=2)
     stats = read_json(paths.tokens_stats("webtext"))
     assert stats["dtype"] == "int32" and stats["eod"] == 3
     ds = IndexedDataset(paths.tokens_prefix("webtext"), mmap=True)
@@ -245,7 +246,7 @@ def _bytes_to_unicode() -> list[str]:
 def test_failed_run_keeps_previous_outputs(small_study):
     """A worker error (a corrupt shard) stops the run: previous outputs untouched, no temporaries."""
     params = small_study
-    tokenize.run(params, "web", workers=2)
+    stages.call(params, "tokenize", domain="webtext", workers=2)
     before = digest()
     shard = Path(paths.curated_dir("web")) / "part-00001.jsonl.zst"
     write_jsonl_zst(shard, [{"id": "bad", "text": "fine"}])
@@ -254,14 +255,14 @@ def test_failed_run_keeps_previous_outputs(small_study):
 
         f.write(zstandard.ZstdCompressor().compress(b'{"id": "x", "text": "unterminated\n'))
     with pytest.raises(ValueError, match=r"part-00001\.jsonl\.zst: not a curated record"):
-        tokenize.run(params, "web", workers=2)
+        stages.call(params, "tokenize", domain="webtext", workers=2)
     assert digest() == before
     assert not temporaries()
 
 
 def test_interrupted_publish_never_leaves_a_mismatched_pair(small_study, monkeypatch):
     params = small_study
-    tokenize.run(params, "web", workers=1)
+    stages.call(params, "tokenize", domain="webtext", workers=1)
     write_curated("web", TEXTS[20:40], HELDOUT[:1])
     real, calls = os.replace, []
 
@@ -273,11 +274,11 @@ def test_interrupted_publish_never_leaves_a_mismatched_pair(small_study, monkeyp
 
     monkeypatch.setattr(tokenize.os, "replace", dying_replace)
     with pytest.raises(KeyboardInterrupt):
-        tokenize.run(params, "web", workers=1)
+        stages.call(params, "tokenize", domain="webtext", workers=1)
     monkeypatch.setattr(tokenize.os, "replace", real)
     assert not Path(paths.tokens_stats("webtext")).exists()            # the domain reads as unfinished
     assert not Path(paths.tokens_prefix("webtext") + ".idx").exists()  # and the new .bin has no (old) index
-    tokenize.run(params, "web", workers=1)                            # the next run cleans up and completes
+    stages.call(params, "tokenize", domain="webtext", workers=1)                            # the next run cleans up and completes
     assert not temporaries()
     assert read_json(paths.tokens_stats("webtext"))["train"]["documents"] == 20
 
@@ -288,13 +289,13 @@ def test_killed_run_leaves_nothing_complete(tmp_path, monkeypatch):
     big = [f"{i} " + " ".join(f"w{(i * 31 + j) % 997}" for j in range(2000)) for i in range(300)]
     write_curated("web", big[:8], HELDOUT)
     params = make_params()
-    tokenizer.run(params)
-    tokenize.run(params, "web", workers=1)
+    stages.call(params, "tokenizer")
+    stages.call(params, "tokenize", domain="webtext", workers=1)
     before = digest()
     write_curated("web", big, HELDOUT, shard_docs=50)
-    script = ("import sys, json; sys.path.insert(0, sys.argv[1]); from workflow import tokenize; "
+    script = ("import sys, json; sys.path.insert(0, sys.argv[1]); from workflow import stages; "
               "from workflow.params import parse_params; "
-              "tokenize.run(parse_params(json.loads(sys.argv[2])), 'web', workers=2)")
+              "stages.call(parse_params(json.loads(sys.argv[2])), 'tokenize', domain='webtext', workers=2)")
     proc = subprocess.Popen([sys.executable, "-c", script, str(ROOT), json.dumps(params.model_dump(mode="json"))],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     deadline = time.time() + 60
@@ -305,7 +306,7 @@ def test_killed_run_leaves_nothing_complete(tmp_path, monkeypatch):
     proc.wait()
     assert temporaries()                   # the killed run's partial files...
     assert digest() == before              # ...next to the old, complete outputs
-    tokenize.run(params, "web", workers=2)
+    stages.call(params, "tokenize", domain="webtext", workers=2)
     assert not temporaries()
     assert read_json(paths.tokens_stats("webtext"))["train"]["documents"] == 300
 
@@ -337,7 +338,7 @@ def test_peak_rss_independent_of_corpus_size(tmp_path, monkeypatch):
     line = " ".join(words[(j * 7) % len(words)] for j in range(300))  # ~1.3 KB documents: many index entries
     docs = [f"{i} {line}" for i in range(12_000)]
     write_curated("web", docs[:200], [])
-    tokenizer.run(make_params())
+    stages.call(make_params(), "tokenizer")
     peaks = {}
     for n in (3_000, 12_000):
         root = Path(f"c{n}")
@@ -380,10 +381,10 @@ def test_default_workers(monkeypatch):
 def test_missing_inputs_say_what_to_run(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     params = make_params()
-    with pytest.raises(FileNotFoundError, match="tokenizer stage"):
-        tokenize.run(params, "web")
+    with pytest.raises(FileNotFoundError, match="python -m workflow tokenizer"):
+        stages.call(params, "tokenize", domain="webtext")
     write_curated("web", TEXTS[:20], [])
-    tokenizer.run(params)
+    stages.call(params, "tokenizer")
     (Path(paths.curated_dir("web")) / "stats.json").unlink()
-    with pytest.raises(FileNotFoundError, match="curate stage"):
-        tokenize.run(params, "web")
+    with pytest.raises(FileNotFoundError, match="run `python -m workflow curate --source web` first"):
+        stages.call(params, "tokenize", domain="webtext")

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 from tokenizers import Tokenizer
 
+from workflow import stages
 from workflow import paths, tokenizer
 from workflow.io import read_json, write_json, write_jsonl_zst
 from workflow.params import ParamsError, parse_params
@@ -45,7 +46,7 @@ def curated(tmp_path, monkeypatch):
 
 
 def test_trains_with_eod(curated, capsys):
-    tokenizer.run(make_params())
+    stages.call(make_params(), "tokenizer")
     tok = Tokenizer.from_file(paths.tokenizer_file())
     meta = read_json(Path(paths.tokenizer_dir()) / "meta.json")
     assert tok.token_to_id("<|eod|>") == meta["eod_id"] is not None
@@ -61,18 +62,18 @@ def test_trains_with_eod(curated, capsys):
 
 def test_sample_budget_is_proportional_and_bounded(curated):
     params = make_params(sample_bytes=3000)
-    texts = list(tokenizer.sample_texts(params))
+    texts = list(tokenizer.sample_texts([paths.curated_dir(s) for s in params.sources], params.tokenizer.sample_bytes))
     assert 0 < sum(len(t.encode()) for t in texts) <= 3000
-    assert texts == list(tokenizer.sample_texts(params))
+    assert texts == list(tokenizer.sample_texts([paths.curated_dir(s) for s in params.sources], params.tokenizer.sample_bytes))
     assert tokenizer.plan_budgets(100, {"a": 300, "b": 100}) == {"a": 75, "b": 25}
     assert tokenizer.plan_budgets(1000, {"a": 300, "b": 100}) == {"a": 300, "b": 100}
 
 
 def test_deterministic_across_processes(curated):
     """Two fresh interpreters (different hash seeds) write byte-identical files."""
-    script = ("import sys; sys.path.insert(0, sys.argv[1]); from workflow import tokenizer; "
+    script = ("import sys; sys.path.insert(0, sys.argv[1]); from workflow import stages; "
               "from workflow.params import parse_params; import json; "
-              "tokenizer.run(parse_params(json.loads(sys.argv[2])))")
+              "stages.call(parse_params(json.loads(sys.argv[2])), 'tokenizer')")
     data = make_params().model_dump(mode="json")
     outputs = []
     for seed in ("1", "2"):
@@ -84,11 +85,11 @@ def test_deterministic_across_processes(curated):
 
 
 def test_user_tokenizer_copied_as_is(curated):
-    tokenizer.run(make_params())
+    stages.call(make_params(), "tokenizer")
     user = Path("my-tokenizer.json")
     # A different serialisation (compact JSON) must survive byte for byte.
     user.write_text(json.dumps(json.loads(Path(paths.tokenizer_file()).read_text())))
-    tokenizer.run(make_params(path=str(user)))
+    stages.call(make_params(path=str(user)), "tokenizer")
     assert Path(paths.tokenizer_file()).read_bytes() == user.read_bytes()
     meta = read_json(Path(paths.tokenizer_dir()) / "meta.json")
     assert meta["trained"] is False and meta["user_path"] == str(user)
@@ -96,17 +97,17 @@ def test_user_tokenizer_copied_as_is(curated):
 
 def test_user_tokenizer_errors(curated):
     with pytest.raises(ParamsError, match=r"tokenizer\.path"):
-        tokenizer.run(make_params(path="missing.json"))
+        stages.call(make_params(path="missing.json"), "tokenizer")
     Path("bad.json").write_text("{not json")
     with pytest.raises(ParamsError, match=r"tokenizer\.path"):
-        tokenizer.run(make_params(path="bad.json"))
-    tokenizer.run(make_params())
+        stages.call(make_params(path="bad.json"), "tokenizer")
+    stages.call(make_params(), "tokenizer")
     with pytest.raises(ParamsError, match=r"tokenizer\.eod_token"):
-        tokenizer.run(make_params(path=paths.tokenizer_file(), eod_token="<|nope|>"))
+        stages.call(make_params(path=paths.tokenizer_file(), eod_token="<|nope|>"), "tokenizer")
 
 
 def test_special_tokens_follow_eod(curated):
-    tokenizer.run(make_params(special_tokens=["<|user|>", "<|fim_middle|>"]))
+    stages.call(make_params(special_tokens=["<|user|>", "<|fim_middle|>"]), "tokenizer")
     tok = Tokenizer.from_file(paths.tokenizer_file())
     meta = read_json(Path(paths.tokenizer_dir()) / "meta.json")
     assert [tok.token_to_id(t) for t in ("<|eod|>", "<|user|>", "<|fim_middle|>")] == [0, 1, 2]
@@ -116,6 +117,6 @@ def test_special_tokens_follow_eod(curated):
     # a user tokenizer must already have them
     user = Path("user.json")
     user.write_bytes(Path(paths.tokenizer_file()).read_bytes())
-    tokenizer.run(make_params(path=str(user), special_tokens=["<|user|>"]))
+    stages.call(make_params(path=str(user), special_tokens=["<|user|>"]), "tokenizer")
     with pytest.raises(ParamsError, match=r"tokenizer\.special_tokens"):
-        tokenizer.run(make_params(path=str(user), special_tokens=["<|assistant|>"]))
+        stages.call(make_params(path=str(user), special_tokens=["<|assistant|>"]), "tokenizer")

@@ -10,8 +10,9 @@ from pathlib import Path
 import pytest
 import torch
 
+from workflow import stages
 from workflow import paths
-from workflow.params import parse_params
+from workflow.params import ParamsError, parse_params
 from workflow.train import checkpoint as ckpt
 from workflow.train import decay, trunk
 from workflow.train.loop import Session
@@ -76,7 +77,7 @@ def test_checkpoint_round_trip(train_study, tmp_path):
 
 def test_resume_from_scratch_is_bit_identical(train_study, train_weights, monkeypatch, tmp_path):
     params = train_study(checkpoints=[6], save_interval=2)
-    trunk.run(params, 6)
+    stages.call(params, "trunk", step=6)
     reference = train_weights(paths.trunk_dir(6), params)
     reference_log = log_of(paths.trunk_dir(6))
     shutil.rmtree(paths.trunk_dir(6))
@@ -91,12 +92,12 @@ def test_resume_from_scratch_is_bit_identical(train_study, train_weights, monkey
 
     monkeypatch.setattr(Session, "train_step", crash_at_5)
     with pytest.raises(KeyboardInterrupt):
-        trunk.run(params, 6)
+        stages.call(params, "trunk", step=6)
     assert not Path(paths.trunk_dir(6)).exists()
     assert ckpt.read_meta(paths.scratch_dir("trunk", "step-6"))["step"] == 4
     monkeypatch.setattr(Session, "train_step", original)
     seen = count_steps(monkeypatch)
-    trunk.run(params, 6)
+    stages.call(params, "trunk", step=6)
     assert seen == [5, 6]  # lost at most save_interval steps
     assert_same_weights(train_weights(paths.trunk_dir(6), params), reference)
     assert log_of(paths.trunk_dir(6)) == reference_log
@@ -106,19 +107,19 @@ def test_resume_from_scratch_is_bit_identical(train_study, train_weights, monkey
 def test_trunk_extension_matches_one_go(train_study, train_weights, monkeypatch, tmp_path):
     seen = count_steps(monkeypatch)
     short, extended = train_study(checkpoints=[4]), train_study(checkpoints=[4, 8])
-    trunk.run(short, 4)
-    trunk.run(extended, 8)
+    stages.call(short, "trunk", step=4)
+    stages.call(extended, "trunk", step=8)
     assert seen == list(range(1, 9))  # the extension trained only the new segment
     shutil.copytree(paths.trunk_root(), tmp_path / "segments")
     shutil.rmtree(paths.trunk_root())
-    trunk.run(extended, None)  # DVC mode, one go
+    stages.call(extended, "trunk")  # DVC mode, one go
     for step in (4, 8):
         assert_same_weights(train_weights(tmp_path / f"segments/step-{step}", extended),
                             train_weights(paths.trunk_dir(step), extended))
     assert log_of(paths.trunk_dir(8)) == log_of(tmp_path / "segments/step-8")
     assert [r["step"] for r in ckpt.read_log(paths.trunk_dir(8))] == list(range(1, 9))  # cumulative
     del seen[:]
-    trunk.run(extended, None)  # everything up to date: nothing trained
+    stages.call(extended, "trunk")  # everything up to date: nothing trained
     assert seen == []
     meta = ckpt.read_meta(paths.trunk_dir(8))
     assert (meta["step"], meta["consumed_samples"], meta["tokens_seen"], meta["lr"]) == (8, 32, 32 * 32, 3e-3)
@@ -137,29 +138,29 @@ def test_trunk_extension_matches_one_go(train_study, train_weights, monkeypatch,
 def test_extension_trains_only_the_new_segment(train_study, monkeypatch):
     """trunk [2, 4] -> [2, 4, 6]: only steps 5..6 run (DVC's one stage and Snakemake's new job alike);
     the earlier checkpoints are not rewritten, so everything branched from them stays cached."""
-    trunk.run(train_study(checkpoints=[2, 4]), None)
+    stages.call(train_study(checkpoints=[2, 4]), "trunk")
     stamps = {s: (Path(paths.trunk_dir(s)) / ckpt.META).stat().st_mtime_ns for s in (2, 4)}
     seen = count_steps(monkeypatch)
     extended = train_study(checkpoints=[2, 4, 6])
-    trunk.run(extended, None)
+    stages.call(extended, "trunk")
     assert seen == [5, 6]
     assert stamps == {s: (Path(paths.trunk_dir(s)) / ckpt.META).stat().st_mtime_ns for s in (2, 4)}
     shutil.rmtree(paths.trunk_dir(6))
     del seen[:]
-    trunk.run(extended, 6)
+    stages.call(extended, "trunk", step=6)
     assert seen == [5, 6]
 
 
 def test_fingerprint_mismatch(train_study, monkeypatch):
     params = train_study()
-    trunk.run(params, 4)
+    stages.call(params, "trunk", step=4)
     changed = train_study(lr=1e-3)
     with pytest.raises(ckpt.CheckpointError, match="fingerprint"):
-        trunk.run(changed, 8)
+        stages.call(changed, "trunk", step=8)
     # DVC mode: stale checkpoints are retrained, unlisted step dirs removed
     Path(paths.trunk_dir(99)).mkdir()
     seen = count_steps(monkeypatch)
-    trunk.run(changed, None)
+    stages.call(changed, "trunk")
     assert seen == list(range(1, 9))
     assert ckpt.read_meta(paths.trunk_dir(4))["fingerprint"] == ckpt.fingerprint(changed)
     assert not Path(paths.trunk_dir(99)).exists()
@@ -182,10 +183,10 @@ def _closed_form(shape: str, r: float) -> float:
 
 def test_decay_branches(train_study, monkeypatch):
     params = train_study()
-    trunk.run(params, None)
+    stages.call(params, "trunk")
     seen = count_steps(monkeypatch)
-    decay.run(params, "lin")
-    decay.run(params, "cos")
+    stages.call(params, "decay", branch="lin")
+    stages.call(params, "decay", branch="cos")
     assert seen == [5, 6, 7, 8, 9, 10, 11]
     lin, cos = ckpt.read_log(paths.decay_dir("lin")), ckpt.read_log(paths.decay_dir("cos"))
     assert [r["lr"] for r in lin] == pytest.approx([3e-3 * (1 - k / 4) for k in range(1, 5)], abs=1e-15)
@@ -219,5 +220,5 @@ def test_data_stream_is_horizon_independent(train_study):
 
 
 def test_step_must_be_a_checkpoint(train_study):
-    with pytest.raises(ValueError, match="not in trunk.checkpoints"):
-        trunk.run(train_study(), 5)
+    with pytest.raises(ParamsError, match=r"trunk --step 5: not declared by the study \(declared: "):
+        stages.call(train_study(), "trunk", step=5)

@@ -17,6 +17,7 @@ import torch
 import yaml
 
 from tests.unit.conftest import train_params_dict
+from workflow import stages
 from workflow import paths
 from workflow.train import checkpoint as ckpt
 from workflow.train import trunk
@@ -55,7 +56,7 @@ def weights_and_log(directory, params, train_weights):
 @pytest.mark.slow
 def test_sigkill_at_random_points_then_rerun_is_bit_identical(train_study, train_weights):
     params = train_study(checkpoints=[STEPS], save_interval=SAVE_INTERVAL)
-    trunk.run(params, STEPS)
+    stages.call(params, "trunk", step=STEPS)
     reference, reference_log = weights_and_log(paths.trunk_dir(STEPS), params, train_weights)
     Path(paths.trunk_dir(STEPS)).rename("uninterrupted")
 

@@ -13,6 +13,7 @@ import pytest
 import yaml
 
 from tests.unit.conftest import train_params_dict
+from workflow import stages
 from workflow import paths
 from workflow.params import parse_params
 from workflow.train import checkpoint as ckpt
@@ -51,7 +52,7 @@ def assert_same_run(directory, reference) -> None:
                          ids=["tp2", "dp2", "pp2"])
 def test_parallel_layout_matches_one_process(train_study, train_weights, layout):
     one = parse_params(study(checkpoints=[4, 8]))
-    trunk.run(one, None)
+    stages.call(one, "trunk")
     reference = {s: (curves(paths.trunk_dir(s)), train_weights(paths.trunk_dir(s), one)) for s in (4, 8)}
     shutil.rmtree(paths.trunk_root())
 
@@ -66,7 +67,7 @@ def test_parallel_layout_matches_one_process(train_study, train_weights, layout)
         assert weight.allclose(reference[4][1][name], atol=1e-5), name
     # ... and training continues from it in one process, optimizer state included
     assert ckpt.read_meta(paths.trunk_dir(4))["fingerprint"] == ckpt.fingerprint(one)  # layout is not in it
-    trunk.run(one, 8)
+    stages.call(one, "trunk", step=8)
     assert_same_run(paths.trunk_dir(8), reference[8][0])
 
 
@@ -75,8 +76,8 @@ def test_pipeline_decay_continues_a_one_process_trunk(train_study, train_weights
     """A PP=1 trunk checkpoint (weights, AdamW moments, RNG, data position) continues at PP=2 in a decay branch."""
     raw = study(checkpoints=[4])
     one = parse_params(raw)
-    trunk.run(one, 4)
-    decay.run(one, "lin")
+    stages.call(one, "trunk", step=4)
+    stages.call(one, "decay", branch="lin")
     reference = curves(paths.decay_dir("lin")), train_weights(paths.decay_dir("lin"), one)
     meta = ckpt.read_meta(paths.decay_dir("lin"))
     shutil.rmtree(paths.decay_dir("lin"))

@@ -8,19 +8,17 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import IO, Any
+from typing import IO
 
-import xxhash
 import zstandard
 
 from workflow import integrity
 from workflow.io import write_json
-from workflow.params import Params
 
 SHARD_NAME = "part-{:05d}.jsonl.zst"
 ZSTD_LEVEL = 10
 STATS = "stats.json"
-# Labels written by curate-split, one per document of a shard (labels-NNNNN.npy).
+# Labels written by curate_split, one per document of a shard (labels-NNNNN.npy).
 TRAIN, HELDOUT, EXACT_DUP, NEAR_DUP = 0, 1, 2, 3
 
 
@@ -64,24 +62,10 @@ class ShardWriter:
         self._out.close()
 
 
-def file_fingerprint(path: str) -> str:
-    """Content hash of an input file (xxh3-128; reads at memory speed)."""
-    from workflow.curate.readers import _open_raw
-
-    h = xxhash.xxh3_128()
-    with _open_raw(path) as f:
-        while chunk := f.read(1 << 22):
-            h.update(chunk)
-    return h.hexdigest()
-
-
-def fingerprint(*parts: Any) -> str:
-    return xxhash.xxh3_128_hexdigest(json.dumps(parts, sort_keys=True, default=str).encode())
-
-
-def source_settings(params: Params, source: str) -> dict:
-    """What a source's curation depends on in params (the engines track `sources.<s>` and `curation`)."""
-    return {"source": params.sources[source].model_dump(mode="json"), "curation": params.curation.model_dump(mode="json")}
+def shard_command(directory: str | Path) -> str:
+    """The command that writes a curate_shard directory (`artifacts/.curate/<source>/shard-<part>`)."""
+    d = Path(directory)
+    return f"curate_shard --source {d.parent.name} --part {d.name.removeprefix('shard-')}"
 
 
 def read_stats(directory: str | Path) -> dict | None:

@@ -2,7 +2,7 @@
 
     artifacts/curated/<source>/
         part-*.jsonl.zst           training documents {id, domain, text, meta}
-        heldout/part-*.jsonl.zst   the held-out split (copied from curate-split)
+        heldout/part-*.jsonl.zst   the held-out split (copied from curate_split)
         stats.json                 docs_in, docs_out, bytes_in, bytes_out, heldout_*, invalid, dropped,
                                    duplicates {exact, near}, decontaminated, files (checksums of the shards);
                                    no timings (byte-identical reruns)
@@ -23,34 +23,28 @@ from pathlib import Path
 import numpy as np
 
 from workflow import paths
-from workflow.curate.common import STATS, TRAIN, ShardWriter, require_stats, write_stats
+from workflow.curate.common import STATS, TRAIN, ShardWriter, require_stats, shard_command, write_stats
 from workflow.curate.decont import NGramIndex, eval_file_texts
-from workflow.curate.split import shard_dirs
 from workflow.io import atomic_dir, read_jsonl
 from workflow.params import Params, ParamsError
 
 
-def decont_sources(params: Params) -> list[str]:
-    """Sources whose held-out splits every source's training data is decontaminated against."""
-    d = params.curation.decontamination
-    return list(params.sources) if d and d.heldout else []
-
-
-def check_eval_files(params: Params) -> None:
-    for i, f in enumerate(params.eval.decontaminate_files):
+def check_eval_files(files: list[str]) -> None:
+    for f in files:
         if not Path(f).is_file():
-            raise ParamsError(f"eval.decontaminate_files.{i}: '{f}' is not a file (relative to the repo root)")
+            raise ParamsError(f"eval.decontaminate_files: '{f}' is not a file (relative to the repo root)")
 
 
-def build_index(params: Params) -> NGramIndex | None:
+def build_index(params: Params, heldout_splits: list[str], eval_files: list[str]) -> NGramIndex | None:
+    """The n-gram index of every evaluation text: the held-out splits' documents and the eval files."""
     d = params.curation.decontamination
     if d is None:
         return None
     index = NGramIndex(d.ngram)
-    for s in decont_sources(params):
-        for shard in sorted(glob.glob(f"{paths.curate_split_dir(s)}/heldout/part-*.jsonl.zst")):
+    for split_dir in heldout_splits:
+        for shard in sorted(glob.glob(f"{split_dir}/heldout/part-*.jsonl.zst")):
             index.add(rec["text"] for rec in read_jsonl(shard))
-    for f in params.eval.decontaminate_files:
+    for f in eval_files:
         index.add(eval_file_texts(f))
     return index
 
@@ -62,17 +56,18 @@ def _sum_counters(items: list[dict]) -> dict:
     return dict(sorted(total.items()))
 
 
-def run(params: Params, source: str) -> None:
-    """Write `paths.curated_dir(source)` (atomic, deterministic) from the curate-shard/-split outputs."""
-    check_eval_files(params)
+def run(params: Params, source: str, *, inputs: dict[str, list[str]]) -> None:
+    """Write `paths.curated_dir(source)` (atomic, deterministic) from the source's shards and split, every
+    held-out split it is decontaminated against (`inputs["heldout"]`) and the eval files."""
+    check_eval_files(inputs["eval_files"])
     src, cfg = params.sources[source], params.curation
-    dirs = shard_dirs(params, source)
-    shard_stats = [require_stats(d, f"curate-shard --source {source} --part {k}") for k, d in enumerate(dirs)]
-    split_dir = Path(paths.curate_split_dir(source))
-    split_stats = require_stats(split_dir, f"curate-split --source {source}")
-    for s in decont_sources(params):
-        require_stats(paths.curate_split_dir(s), f"curate-split --source {s}")
-    index = build_index(params)
+    dirs = inputs["shards"]
+    shard_stats = [require_stats(d, shard_command(d)) for d in dirs]
+    split_dir = Path(inputs["split"][0])
+    split_stats = require_stats(split_dir, f"curate_split --source {source}")
+    for d in inputs["heldout"]:
+        require_stats(d, f"curate_split --source {Path(d).parent.name}")
+    index = build_index(params, inputs["heldout"], inputs["eval_files"])
     decontaminated = 0
     with atomic_dir(paths.curated_dir(source)) as tmp:
         shutil.copytree(split_dir / "heldout", tmp / "heldout")

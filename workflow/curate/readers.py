@@ -15,12 +15,14 @@ import sys
 from collections import Counter
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import IO
+from typing import IO, TYPE_CHECKING
 
 import zstandard
-from datatrove.data import Document
 
 from workflow.params import Params, ParamsError
+
+if TYPE_CHECKING:
+    from datatrove.data import Document
 
 LOG_SAMPLES = 5  # offending lines logged (and kept in stats.json) per invalid reason
 
@@ -29,10 +31,25 @@ def _is_url(path: str) -> bool:
     return "://" in path
 
 
-def expand_paths(params: Params, source: str) -> list[str]:
-    """`dag.source_files` (sorted, shard order); ParamsError when a pattern matches no file."""
-    from workflow.dag import match_pattern, source_files
+def match_pattern(pattern: str) -> list[str]:
+    """Files matching one `sources.<s>.paths` entry (a local glob or an fsspec URL), sorted."""
+    if _is_url(pattern):
+        import fsspec
 
+        fs, _, found = fsspec.get_fs_token_paths(pattern)
+        return sorted(fs.unstrip_protocol(p) for p in found if fs.isfile(p))
+    import glob
+
+    return sorted(p for p in glob.glob(pattern, recursive=True) if os.path.isfile(p))
+
+
+def source_files(params: Params, source: str) -> list[str]:
+    """A source's input files in part order (`curate_shard --part K` reads the K-th)."""
+    return sorted({f for pattern in params.sources[source].paths for f in match_pattern(pattern)})
+
+
+def expand_paths(params: Params, source: str) -> list[str]:
+    """`source_files`; ParamsError when a pattern matches no file."""
     if source not in params.sources:
         raise ParamsError(f"sources.{source}: unknown source; declared sources are {sorted(params.sources)}")
     for i, pattern in enumerate(params.sources[source].paths):
@@ -234,4 +251,6 @@ class Reader:
         meta = record.get("meta")
         meta = dict(meta) if isinstance(meta, dict) else {}
         meta["origin"] = where
+        from datatrove.data import Document
+
         return Document(text=text, id=str(doc_id), metadata={"meta": meta})

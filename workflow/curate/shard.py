@@ -1,10 +1,10 @@
-"""curate-shard: one input file -> documents that pass the per-document pipeline.
+"""curate_shard: one input file -> documents that pass the per-document pipeline.
 
     artifacts/.curate/<source>/shard-<part>/
         docs.jsonl.zst   surviving documents {id, text, meta}, in input order
         digests.npy      (N, 16) uint8 content digests (exact dedup, held-out split)
         minhash.npy      (N, buckets*hashes) uint32 MinHash signatures (when near_dedup is on)
-        stats.json       docs_in, bytes_in, invalid, dropped (+ reasons), fingerprint, files (checksums)
+        stats.json       docs_in, bytes_in, invalid, dropped (+ reasons), files (checksums)
 
 `part` indexes the sorted matches of `sources.<source>.paths`. Memory is bounded by the shard's
 surviving-document count (16 + 448 bytes each), never by the corpus.
@@ -19,20 +19,17 @@ from pathlib import Path
 import numpy as np
 
 from workflow import paths
-from workflow.curate.blocks import Pipeline, build_steps
-from workflow.curate.common import JsonlZst, file_fingerprint, fingerprint, source_settings, write_stats
+from workflow.curate.common import JsonlZst, write_stats
 from workflow.curate.dedup import MinHasher, text_digest
-from workflow.curate.readers import InvalidLog, Reader, display_path, expand_paths, file_size
+from workflow.curate.readers import InvalidLog, Reader, display_path, file_size
 from workflow.io import atomic_dir
 from workflow.params import Params, ParamsError
 
 
-def shard_fingerprint(params: Params, source: str, path: str) -> str:
-    return fingerprint("shard", source_settings(params, source), display_path(path), file_fingerprint(path))
-
-
 def curate_file(params: Params, source: str, path: str, out: Path, progress: bool = True) -> dict:
     """Filter one file into `out` (an existing empty directory); returns the shard's stats."""
+    from workflow.curate.blocks import Pipeline, build_steps
+
     src, cfg = params.sources[source], params.curation
     pipeline = Pipeline(build_steps(cfg, src.curation_steps(cfg)))
     hasher = MinHasher(cfg.near_dedup) if cfg.near_dedup else None
@@ -81,15 +78,14 @@ def curate_file(params: Params, source: str, path: str, out: Path, progress: boo
     }
 
 
-def run(params: Params, source: str, part: int) -> None:
-    """Write `paths.curate_shard_dir(source, part)` (atomic, deterministic)."""
-    files = expand_paths(params, source)
-    if not 0 <= part < len(files):
-        raise ParamsError(f"sources.{source}.paths: part {part} does not exist (the patterns match {len(files)} files)")
-    path = files[part]
+def run(params: Params, source: str, part: str, *, inputs: dict[str, list[str]]) -> None:
+    """Write `paths.curate_shard_dir(source, part)` from the one raw file in `inputs["raw"]` (atomic, deterministic)."""
+    path = inputs["raw"][0]
+    if "://" not in path and not Path(path).is_file():
+        raise ParamsError(f"sources.{source}.paths: '{path}' matches no file (relative to {Path.cwd()}); "
+                          "fix the glob or create the data")
     with atomic_dir(paths.curate_shard_dir(source, part)) as tmp:
         stats = curate_file(params, source, path, tmp)
-        stats["fingerprint"] = shard_fingerprint(params, source, path)
         write_stats(tmp, stats)
-    print(f"curate-shard {source} {stats['file']}: {stats['docs_in']:,} in -> {stats['docs']:,} kept; "
+    print(f"curate_shard {source} {stats['file']}: {stats['docs_in']:,} in -> {stats['docs']:,} kept; "
           f"invalid {sum(stats['invalid'].values()):,}, dropped {stats['dropped']}")

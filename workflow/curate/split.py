@@ -1,12 +1,12 @@
-"""curate-split: one source's shards -> exact + near dedup labels and its held-out split.
+"""curate_split: one source's shards -> exact + near dedup labels and its held-out split.
 
     artifacts/.curate/<source>/split/
         labels-<part>.npy   uint8 per shard document: 0 train, 1 held-out, 2 exact dup, 3 near dup
         heldout/part-*.jsonl.zst   the held-out documents {id, domain, text, meta}
-        stats.json          duplicates, held-out counts, fingerprint, files (checksums)
+        stats.json          duplicates, held-out counts, files (checksums)
 
 Runs after every shard of the source (and of earlier sources when
-`curation.exact_dedup_across_sources`). The held-out split is drawn from the deduplicated
+`curation.exact_dedup_across_sources`: the stage table's inputs). The held-out split is drawn from the deduplicated
 documents by content hash, so evaluation never sees a copy of a training document; every
 source's `curate` then decontaminates its training data against all held-out splits.
 """
@@ -18,45 +18,25 @@ from pathlib import Path
 import numpy as np
 
 from workflow import paths
-from workflow.curate.common import (EXACT_DUP, HELDOUT, NEAR_DUP, TRAIN, ShardWriter, fingerprint, require_stats,
-                                     source_settings, write_stats)
+from workflow.curate.common import EXACT_DUP, HELDOUT, NEAR_DUP, TRAIN, ShardWriter, require_stats, shard_command, write_stats
 from workflow.curate.dedup import first_occurrences, is_heldout, near_duplicates
-from workflow.curate.readers import expand_paths
 from workflow.io import atomic_dir, read_jsonl
 from workflow.params import Params
 
 
-def shard_dirs(params: Params, source: str) -> list[str]:
-    return [paths.curate_shard_dir(source, k) for k in range(len(expand_paths(params, source)))]
-
-
-def earlier_sources(params: Params, source: str) -> list[str]:
-    """Sources whose kept texts this source's exact dedup skips (cross-source dedup only)."""
-    if not params.curation.exact_dedup_across_sources:
-        return []
-    names = list(params.sources)
-    return names[:names.index(source)]
-
-
-def split_fingerprint(params: Params, source: str) -> str:
-    shards = {d: require_stats(d, f"curate-shard --source {s} --part {k}")["fingerprint"]
-              for s in [*earlier_sources(params, source), source] for k, d in enumerate(shard_dirs(params, s))}
-    return fingerprint("split", source_settings(params, source), shards)
-
-
-def run(params: Params, source: str) -> None:
-    """Write `paths.curate_split_dir(source)` from the source's shard directories."""
+def run(params: Params, source: str, *, inputs: dict[str, list[str]]) -> None:
+    """Write `paths.curate_split_dir(source)` from the source's shard directories (`inputs["shards"]`, in part
+    order) and, for exact dedup across sources, the shards of the sources before it (`inputs["earlier"]`)."""
     cfg, domain = params.curation, params.sources[source].domain
-    dirs = shard_dirs(params, source)
-    for k, d in enumerate(dirs):
-        require_stats(d, f"curate-shard --source {source} --part {k}")
+    dirs = inputs["shards"]
+    for d in [*dirs, *inputs["earlier"]]:
+        require_stats(d, shard_command(d))
     digests = [np.load(Path(d) / "digests.npy") for d in dirs]
     sizes = [len(x) for x in digests]
     all_digests = np.concatenate(digests) if digests else np.zeros((0, 16), np.uint8)
     seen: set[bytes] = set()
-    for other in earlier_sources(params, source):
-        for d in shard_dirs(params, other):
-            seen.update(bytes(row) for row in np.load(Path(d) / "digests.npy"))
+    for d in inputs["earlier"]:
+        seen.update(bytes(row) for row in np.load(Path(d) / "digests.npy"))
     keep = first_occurrences(all_digests, seen) if cfg.exact_dedup else np.ones(len(all_digests), bool)
     exact = ~keep
     near = np.zeros(len(all_digests), bool)
@@ -78,8 +58,7 @@ def run(params: Params, source: str) -> None:
             offset += n
         writer.close()
         stats = {"duplicates": {"exact": int(exact.sum()), "near": int(near.sum())},
-                 "heldout_docs": writer.docs, "heldout_bytes": writer.bytes,
-                 "fingerprint": split_fingerprint(params, source)}
+                 "heldout_docs": writer.docs, "heldout_bytes": writer.bytes}
         write_stats(tmp, stats)
-    print(f"curate-split {source}: {len(labels):,} docs; duplicates exact {stats['duplicates']['exact']:,}, "
+    print(f"curate_split {source}: {len(labels):,} docs; duplicates exact {stats['duplicates']['exact']:,}, "
           f"near {stats['duplicates']['near']:,}; heldout {writer.docs:,}")

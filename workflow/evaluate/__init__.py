@@ -7,8 +7,8 @@
      "tasks": {"<task>": {"<metric>": value, "<metric>_stderr": value, "samples": n}}}
 
 Modules: `model` (load a model dir for inference), `heldout` (loss/bpb), `harness` (lm-eval model class
-and task run), `taskdata` (the `eval-tasks` stage: data of the local tasks in `workflow/tasks/`).
-Imports stay lazy here: `workflow.dag` reads `taskdata` without loading torch or lm-eval.
+and task run), `taskdata` (the `eval_tasks` stage: data of the local tasks in `workflow/tasks/`).
+Imports stay lazy here: the stage table imports this module without loading torch or lm-eval.
 """
 
 from __future__ import annotations
@@ -59,13 +59,14 @@ def lineage(model_id: str, meta: dict) -> dict:
             "revision": revision(model_id)}
 
 
-def run(params: Params, model_id: str) -> None:
-    """Evaluate `model_id` and write `artifacts/eval/<model_id>.json`."""
+def run(params: Params, model: str, *, inputs: dict[str, list[str]]) -> None:
+    """Evaluate `model` (its dir is `inputs["model"]`) and write `artifacts/eval/<model>.json`."""
     from workflow.evaluate.harness import run_tasks, task_line
     from workflow.evaluate.heldout import heldout_metrics
     from workflow.evaluate.model import load_model
     from workflow.io import write_json
 
+    model_id = model
     loaded = load_model(params, model_id)
     heldout = heldout_metrics(params, loaded)
     tasks = run_tasks(params, loaded)

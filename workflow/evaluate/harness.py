@@ -5,7 +5,7 @@
 `model.seq_length` are cut from the left, as lm-eval's `hf` model does. `generate_until` decodes
 greedily (no KV cache: slow, but any task runs).
 
-Tasks come from `workflow/tasks/*.yaml` (local, offline: data from `eval-tasks`) and lm-eval's own
+Tasks come from `workflow/tasks/*.yaml` (local, offline: data from `eval_tasks`) and lm-eval's own
 registry. Runs are offline (`HF_DATASETS_OFFLINE`, `HF_HUB_OFFLINE`) and seeded by lm-eval's fixed
 defaults, so the scores are deterministic.
 """
@@ -132,7 +132,7 @@ def check_local_data(tasks: list[str]) -> None:
     for task in tasks:
         for f in local_tasks().get(task, []):
             if not Path(f).is_file():
-                raise StageError(f"{f} is missing (data of the local task {task}): run `python -m workflow eval-tasks` first")
+                raise StageError(f"{f} is missing (data of the local task {task}): run `python -m workflow eval_tasks` first")
 
 
 def scores(results: dict) -> dict[str, dict]:

@@ -1,4 +1,4 @@
-"""`eval-tasks`: the data of the local lm-eval tasks (`workflow/tasks/*.yaml`), from the curated held-out split.
+"""`eval_tasks`: the data of the local lm-eval tasks (`workflow/tasks/*.yaml`), from the curated held-out split.
 
 Writes `artifacts/tasks/` atomically::
 
@@ -133,7 +133,7 @@ def _write_jsonl(path: Path, rows: list[dict]) -> None:
             f.write(json.dumps(row, ensure_ascii=False) + "\n")
 
 
-def run(params: Params) -> None:
+def run(params: Params, *, inputs: dict[str, list[str]]) -> None:
     """Build `artifacts/tasks/` from every source's held-out split."""
     cfg = params.eval.local_tasks
     cloze, heldout, counts = [], [], {}
@@ -154,5 +154,5 @@ def run(params: Params) -> None:
         _write_jsonl(tmp / HELDOUT_FILE, heldout)
         write_json(tmp / "meta.json", {"settings": cfg.model_dump(mode="json"), "domains": counts})
     short = [d for d, n in counts.items() if n["cloze"] < cfg.examples]
-    print(f"[eval-tasks] {len(cloze)} cloze items, {len(heldout)} held-out documents over {len(counts)} domains → "
+    print(f"[eval_tasks] {len(cloze)} cloze items, {len(heldout)} held-out documents over {len(counts)} domains → "
           f"{paths.tasks_dir()}/" + (f" (fewer than {cfg.examples} items in: {', '.join(short)})" if short else ""))

@@ -37,10 +37,9 @@ from typing import Any
 import torch
 
 from workflow import integrity, paths
-from workflow.dag import TRUNK_LAYOUT_KEYS
 from workflow.io import atomic_dir, read_json, write_json
 from workflow.errors import StageError
-from workflow.params import Params, ParamsError, parse_model_id
+from workflow.params import TRUNK_LAYOUT, Params, ParamsError, parse_model_id
 
 CKPT = "checkpoint"
 META = "meta.json"
@@ -63,7 +62,7 @@ def fingerprint_inputs(params: Params, branch: str | None = None) -> dict:
     from workflow.train.backend import choose
     from workflow.train.data import verify_tokens
 
-    trunk = params.trunk.model_dump(mode="json", exclude=TRUNK_LAYOUT_KEYS)
+    trunk = params.trunk.model_dump(mode="json", exclude=set(TRUNK_LAYOUT))
     model = params.model.model_dump(mode="json", exclude={"parallel", "backend"}) | {"backend": choose(params.model)}
     data = {}
     for domain in params.domains():

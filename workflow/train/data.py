@@ -63,7 +63,7 @@ def verify_tokens(params: Params, domain: str, split: str = "train") -> None:
     """Check a split's `.bin/.idx` against the checksums in `<domain>.stats.json` before megatron opens them."""
     stats_path = Path(paths.tokens_stats(domain))
     name = Path(paths.tokens_prefix(domain, split)).name
-    rerun = f"tokenize --source {params.source_of_domain(domain)}"
+    rerun = f"tokenize --domain {domain}"
     integrity.verify_meta(read_json(stats_path), stats_path.parent, rerun, names=[f"{name}.bin", f"{name}.idx"])
 
 

@@ -24,8 +24,6 @@ from pathlib import Path
 
 from workflow import paths
 from workflow.params import Params
-from workflow.train import checkpoint as ckpt
-from workflow.train.loop import Session, is_main, remove_tree
 from workflow.train.trunk import LEFTOVER
 
 
@@ -37,12 +35,13 @@ def lineage(params: Params, branch: str) -> dict:
             "reset_optimizer": bool(d.rewarm and d.rewarm.reset_optimizer)}
 
 
-def run(params: Params, branch: str) -> None:
-    """Train decay branch `branch` and write `artifacts/decay/<branch>`."""
-    if branch not in params.decays:
-        raise ValueError(f"unknown decay branch '{branch}'; declared: {', '.join(params.decays) or 'none'}")
+def run(params: Params, branch: str, *, inputs: dict[str, list[str]]) -> None:
+    """Train decay branch `branch` from its parent checkpoint `inputs["parent"]`; write `artifacts/decay/<branch>`."""
+    from workflow.train import checkpoint as ckpt
+    from workflow.train.loop import Session, is_main, remove_tree
+
     d = params.decays[branch]
-    source = paths.trunk_dir(d.from_step)
+    source = inputs["parent"][0]
     problem = ckpt.check(source, ckpt.fingerprint(params))
     if problem:
         raise ckpt.CheckpointError(f"cannot train decay '{branch}': trunk checkpoint {problem}. "

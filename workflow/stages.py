@@ -1,0 +1,402 @@
+"""The stage table: every stage of a study declared once, as data.
+
+A `Stage` holds its name (the rule, the CLI command, the `resources` key and the DVC stage prefix), the
+function it runs, its keys (Snakemake wildcards = CLI options), and three functions of the study:
+`instances` (every key it runs for), `inputs` (named lists of paths: the DAG's edges) and `reads` (the
+params.yaml keys its outputs depend on: what both engines track, held against what the stage really
+reads by tests/integration/test_reads.py). The CLI (`workflow/cli.py`), the Snakemake rules
+(`rules/common.smk` through `workflow/engines/snakemake.py`) and `dvc.yaml` (`workflow/engines/dvc.py`)
+are generated from it; stage code receives its inputs from here and never re-derives an edge.
+
+Adding a stage: one entry below, one `rules/<name>.smk`, its code (tests/unit/test_stages.py checks all three).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from workflow import paths
+from workflow.curate import gather, shard, split
+from workflow.curate.readers import source_files
+from workflow.evaluate import run as evaluate_run
+from workflow.evaluate import taskdata
+from workflow.params import TRUNK_LAYOUT, Model, Params, ParamsError, Trunk
+from workflow import merge, report, tokenize, tokenizer
+from workflow.train import decay, trunk
+
+Inputs = dict[str, list[str]]
+
+# Keys a stage reads that do not change what it writes, so no engine tracks them (each with its reason).
+UNTRACKED = {
+    "model.parallel": "the process layout: checkpoints reshard, and DP/PP reproduce one process bit for bit "
+                      "(TP changes only the float summation order)",
+    "trunk.save_interval": "where a job saves resume points; a resumed run ends with the same bytes",
+    "trunk.log_interval": "how often the job's log prints a line",
+    "resources": "what jobs ask the cluster for",
+}
+
+
+@dataclass(frozen=True)
+class Key:
+    """One key of a stage instance: a Snakemake wildcard and a CLI option `--<name>`."""
+    name: str
+    help: str
+    type: type = str
+    pattern: str = r"[a-z0-9][a-z0-9_-]*"
+
+
+@dataclass(frozen=True)
+class Foreach:
+    """A DVC `foreach` block over a params collection: `keys` map this stage's keys to DVC templates."""
+    items: str                  # e.g. "${decays}"
+    keys: dict[str, str]        # e.g. {"branch": "${key}"}
+    name: str = ""              # block name suffix when a stage has several blocks (evaluate-trunk, ...)
+    when: str = ""              # the params collection that must be non-empty for the block to exist
+
+
+@dataclass(frozen=True)
+class Stage:
+    name: str
+    run: Callable[..., None]
+    help: str
+    instances: Callable[[Params], list[dict[str, Any]]]
+    inputs: Callable[..., Inputs]
+    outputs: Callable[..., list[str]]
+    reads: Callable[..., list[str]]
+    keys: tuple[Key, ...] = ()
+    directories: bool = True            # outputs are directories (else files)
+    training: bool = False              # runs in the training env, and under torchrun when parallel
+    threads: str = "one"                # "one" | "all": cores of a local run when no `resources.<name>.cpus`
+    dvc: tuple[Foreach, ...] = ()       # DVC `foreach` blocks; none: one DVC stage per instance
+    run_all: Callable[..., None] | None = None  # DVC runs every instance as one stage: run_all(params, [(key, inputs)])
+    run_all_reads: tuple[str, ...] = ()  # what `run_all` reads besides every instance's reads (its list of instances)
+    dvc_dir_deps: bool = False          # DVC depends on the directories holding the inputs (no regeneration)
+
+    @property
+    def key_names(self) -> tuple[str, ...]:
+        return tuple(k.name for k in self.keys)
+
+    def typed(self, key: dict[str, Any]) -> dict[str, Any]:
+        """Key values converted to their types (Snakemake wildcards and CLI arguments arrive as strings)."""
+        return {k.name: k.type(key[k.name]) for k in self.keys}
+
+    def call(self, params: Params, view: Any = None, **kwargs: Any) -> str:
+        """Run one instance with the inputs the table gives it (extra keyword arguments go to `run`); without
+        its keys, a `run_all` stage runs every instance. `view`: what the stage code reads params through
+        (the read recorder); inputs always come from `params`. Returns the instance's label."""
+        key = {k: v for k in self.key_names if (v := kwargs.pop(k, None)) is not None}
+        seen = params if view is None else view
+        if self.run_all is not None and not key:
+            self.run_all(seen, [(k, self.inputs(params, **k)) for k in self.instances(params)], **kwargs)
+            return self.name
+        check_key(params, self, key)
+        key = self.typed(key)
+        self.run(seen, **key, inputs=self.inputs(params, **key), **kwargs)
+        return self.label(key)
+
+    def command(self, key: dict[str, Any]) -> str:
+        """The shell command of one instance (both engines run exactly this)."""
+        return " ".join(["python -m workflow", self.name, *(f"--{k} {key[k]}" for k in self.key_names if k in key)])
+
+    def label(self, key: dict[str, Any]) -> str:
+        """`decay@late`, `curate_shard@prose-00000`, `report`: an instance in messages and recordings."""
+        values = [str(key[k]) for k in self.key_names]
+        return f"{self.name}@{'-'.join(values)}" if values else self.name
+
+
+def flat(inputs: Inputs) -> list[str]:
+    """All input paths of an instance, in order, once each."""
+    return list(dict.fromkeys(p for group in inputs.values() for p in group))
+
+
+# -- edges -------------------------------------------------------------------------------------------
+
+def _one(params: Params) -> list[dict[str, Any]]:
+    return [{}]
+
+
+def _per_source(params: Params) -> list[dict[str, Any]]:
+    return [{"source": s} for s in params.sources]
+
+
+def shard_parts(params: Params, source: str) -> list[str]:
+    """Part ids of a source: one per input file (one, failing on its missing input, when none match)."""
+    return [f"{k:05d}" for k in range(max(len(source_files(params, source)), 1))]
+
+
+def shard_dirs(params: Params, source: str) -> list[str]:
+    return [paths.curate_shard_dir(source, p) for p in shard_parts(params, source)]
+
+
+def earlier_sources(params: Params, source: str) -> list[str]:
+    """Sources whose kept texts this source's exact dedup skips (`curation.exact_dedup_across_sources`)."""
+    names = list(params.sources)
+    return names[:names.index(source)] if params.curation.exact_dedup_across_sources else []
+
+
+def tokens(params: Params, split: str = "train") -> list[str]:
+    """Every domain's token files of one split, and their stats."""
+    return [f"{paths.tokens_prefix(d, split)}.{ext}" for d in params.domains() for ext in ("bin", "idx")] + \
+        [paths.tokens_stats(d) for d in params.domains()]
+
+
+def previous_checkpoint(params: Params, step: int) -> list[str]:
+    """The trunk checkpoint a segment continues from ([] for the first)."""
+    steps = list(params.trunk.checkpoints)
+    i = steps.index(step)
+    return [paths.trunk_dir(steps[i - 1])] if i else []
+
+
+def _curate_shard_inputs(params: Params, source: str, part: str) -> Inputs:
+    files = source_files(params, source)
+    return {"raw": [files[int(part)]] if files else list(params.sources[source].paths)}
+
+
+def _curate_split_inputs(params: Params, source: str) -> Inputs:
+    return {"shards": shard_dirs(params, source),
+            "earlier": [d for s in earlier_sources(params, source) for d in shard_dirs(params, s)]}
+
+
+def _curate_inputs(params: Params, source: str) -> Inputs:
+    decont = params.curation.decontamination
+    return {"shards": shard_dirs(params, source), "split": [paths.curate_split_dir(source)],
+            "heldout": [paths.curate_split_dir(s) for s in params.sources] if decont and decont.heldout else [],
+            "eval_files": list(params.eval.decontaminate_files) if decont else []}
+
+
+def _tokenizer_inputs(params: Params) -> Inputs:
+    user = params.tokenizer.path
+    return {"user": [user]} if user else {"curated": [paths.curated_dir(s) for s in params.sources]}
+
+
+def _tokenize_inputs(params: Params, domain: str) -> Inputs:
+    return {"curated": [paths.curated_dir(params.source_of_domain(domain))], "tokenizer": [paths.tokenizer_dir()]}
+
+
+def _trunk_inputs(params: Params, step: int) -> Inputs:
+    return {"previous": previous_checkpoint(params, step), "tokenizer": [paths.tokenizer_dir()], "tokens": tokens(params)}
+
+
+def _decay_inputs(params: Params, branch: str) -> Inputs:
+    return {"parent": [paths.trunk_dir(params.decays[branch].from_step)], "tokenizer": [paths.tokenizer_dir()],
+            "tokens": tokens(params)}
+
+
+def _merge_inputs(params: Params, name: str) -> Inputs:
+    models = params.merge_inputs(name)
+    weighs_by_loss = params.merges[name].method == "loss_weighted"
+    return {"models": [paths.model_dir(m) for m in models],
+            "evals": [paths.eval_file(m) for m in models] if weighs_by_loss else []}
+
+
+def _eval_tasks_instances(params: Params) -> list[dict[str, Any]]:
+    return [{}] if taskdata.uses_local_tasks(params) else []
+
+
+def _evaluate_inputs(params: Params, model: str) -> Inputs:
+    return {"model": [paths.model_dir(model)], "tokenizer": [paths.tokenizer_dir()], "tokens": tokens(params, "heldout"),
+            "tasks": [paths.tasks_dir()] if taskdata.uses_local_tasks(params) else []}
+
+
+def _report_inputs(params: Params) -> Inputs:
+    models = params.model_ids()
+    return {"evals": [paths.eval_file(m) for m in models],
+            "logs": [paths.model_dir(m) for m in models if not m.startswith("merge-")]}
+
+
+# -- what each stage reads (held against the recorded reads) ------------------------------------------
+
+def trunk_weights(params: Params) -> list[str]:
+    """The trunk keys a checkpoint's weights depend on."""
+    return [f"trunk.{k}" for k in Trunk.model_fields if k not in TRUNK_LAYOUT]
+
+
+def model_keys(params: Params) -> list[str]:
+    """The model keys every model's weights depend on (not the process layout)."""
+    return [f"model.{k}" for k in Model.model_fields if f"model.{k}" not in UNTRACKED]
+
+
+def fields(params: Params, dotted: str, *names: str) -> list[str]:
+    """`<dotted>.<name>` for each name when the section is set; `<dotted>` itself when it is null."""
+    node: Any = params
+    for part in dotted.split("."):
+        node = getattr(node, part)
+    return [f"{dotted}.{n}" for n in names] if node is not None else [dotted]
+
+
+def domains(params: Params) -> list[str]:
+    """Every source's domain: trainers and evaluators name data and metrics by it."""
+    return [f"sources.{s}.domain" for s in params.sources]
+
+
+def _reads_shard(params: Params, source: str, part: str) -> list[str]:
+    return [f"sources.{source}.text_key", f"sources.{source}.id_key", f"sources.{source}.steps",
+            *(f"curation.{k}" for k in ("normalize", "min_chars", "max_doc_bytes", "steps", "word_tokenizer", "near_dedup"))]
+
+
+def _reads_split(params: Params, source: str) -> list[str]:
+    return [f"sources.{source}.domain", "curation.exact_dedup", "curation.heldout_fraction", "curation.shard_docs",
+            *fields(params, "curation.near_dedup", "buckets", "hashes_per_bucket")]
+
+
+def _reads_curate(params: Params, source: str) -> list[str]:
+    return [f"sources.{source}.domain", "curation.shard_docs", *fields(params, "curation.decontamination", "ngram")]
+
+
+def _reads_tokenize(params: Params, domain: str) -> list[str]:
+    return ["tokenizer.eod_token"]
+
+
+def _reads_trunk(params: Params, step: int) -> list[str]:
+    return [*model_keys(params), *trunk_weights(params), *domains(params), "tokenizer.eod_token"]
+
+
+def _reads_decay(params: Params, branch: str) -> list[str]:
+    return [*_reads_trunk(params, 0), f"decays.{branch}"]
+
+
+def _reads_merge(params: Params, name: str) -> list[str]:
+    return [*model_keys(params), "tokenizer.eod_token", *(f"merges.{name}.{k}" for k in ("method", "weights", "temperature"))]
+
+
+def _reads_eval_tasks(params: Params) -> list[str]:
+    return ["eval.local_tasks", *domains(params)]
+
+
+def _reads_evaluate(params: Params, model: str) -> list[str]:
+    return [*model_keys(params), *domains(params), "tokenizer.eod_token",
+            *(f"eval.{k}" for k in ("batch_size", "max_sequences", "tasks", "task_limit", "num_fewshot"))]
+
+
+def _reads_report(params: Params) -> list[str]:
+    """Whole `decays` and `merges`: a new branch needs no new dvc.yaml (the report describes every model)."""
+    return ["model.seq_length", "trunk.checkpoints", "trunk.global_batch_size", *domains(params), "decays", "merges"]
+
+
+# -- the table ----------------------------------------------------------------------------------------
+
+SOURCE = Key("source", "a key of `sources`")
+STAGES: dict[str, Stage] = {s.name: s for s in [
+    Stage("curate_shard", shard.run, "Filter one input file of a source through the per-document pipeline.",
+          instances=lambda p: [{"source": s, "part": k} for s in p.sources for k in shard_parts(p, s)],
+          inputs=_curate_shard_inputs, outputs=lambda source, part: [paths.curate_shard_dir(source, part)],
+          reads=_reads_shard, keys=(SOURCE, Key("part", "index of the input file, 5 digits", pattern=r"\d{5}"))),
+    Stage("curate_split", split.run, "Deduplicate a source over its shards (exact + MinHash), draw its held-out split.",
+          instances=_per_source, inputs=_curate_split_inputs, outputs=lambda source: [paths.curate_split_dir(source)],
+          reads=_reads_split, keys=(SOURCE,)),
+    Stage("curate", gather.run, "Decontaminate a source's training documents and write its curated shards.",
+          instances=_per_source, inputs=_curate_inputs, outputs=lambda source: [paths.curated_dir(source)],
+          reads=_reads_curate, keys=(SOURCE,)),
+    Stage("tokenizer", tokenizer.run, "Train (or copy) the byte-level BPE tokenizer.",
+          instances=_one, inputs=_tokenizer_inputs, outputs=lambda: [paths.tokenizer_dir()],
+          reads=lambda p: ["tokenizer"]),
+    Stage("tokenize", tokenize.run, "Write one domain's Megatron .bin/.idx datasets (train + held-out).",
+          instances=lambda p: [{"domain": d} for d in p.domains()], inputs=_tokenize_inputs,
+          outputs=lambda domain: paths.tokens_files(domain), reads=_reads_tokenize,
+          keys=(Key("domain", "a domain of `sources`"),), directories=False, threads="all"),
+    Stage("trunk", trunk.run, "Train the WSD stable phase from the previous trunk checkpoint to this one.",
+          instances=lambda p: [{"step": s} for s in p.trunk.checkpoints], inputs=_trunk_inputs,
+          outputs=lambda step: [paths.trunk_dir(step)], reads=_reads_trunk,
+          keys=(Key("step", "a value of `trunk.checkpoints`", int, r"\d+"),), training=True, threads="all",
+          run_all=trunk.run_all, run_all_reads=("trunk.checkpoints",)),
+    Stage("decay", decay.run, "Train one decay branch from its trunk checkpoint.",
+          instances=lambda p: [{"branch": b} for b in p.decays], inputs=_decay_inputs,
+          outputs=lambda branch: [paths.decay_dir(branch)], reads=_reads_decay,
+          keys=(Key("branch", "a key of `decays`"),), training=True, dvc=(Foreach("${decays}", {"branch": "${key}"}),)),
+    Stage("merge", merge.run, "Average the weights of the models of one merge.",
+          instances=lambda p: [{"name": m} for m in p.merge_order()], inputs=_merge_inputs,
+          outputs=lambda name: [paths.merge_dir(name)], reads=_reads_merge, keys=(Key("name", "a key of `merges`"),)),
+    Stage("eval_tasks", taskdata.run, "Build the data of the local lm-eval tasks (workflow/tasks/) from the held-out split.",
+          instances=_eval_tasks_instances, inputs=lambda p: {"curated": [paths.curated_dir(s) for s in p.sources]},
+          outputs=lambda: [paths.tasks_dir()], reads=_reads_eval_tasks),
+    Stage("evaluate", evaluate_run, "Held-out loss and bits-per-byte of one model, and its lm-eval task scores.",
+          instances=lambda p: [{"model": m} for m in p.model_ids()], inputs=_evaluate_inputs,
+          outputs=lambda model: [paths.eval_file(model)], reads=_reads_evaluate, directories=False,
+          keys=(Key("model", "trunk-<N>, decay-<branch> or merge-<name>", pattern=r"trunk-\d+|decay-[a-z0-9][a-z0-9_-]*|merge-[a-z0-9][a-z0-9_-]*"),),
+          dvc=(Foreach("${trunk.checkpoints}", {"model": "trunk-${item}"}, "trunk"),
+               Foreach("${decays}", {"model": "decay-${key}"}, "decay", when="decays"),
+               Foreach("${merges}", {"model": "merge-${key}"}, "merge", when="merges"))),
+    Stage("report", report.run, "Write reports/ (summary.md, summary.html, plots) from every eval and training log.",
+          instances=_one, inputs=_report_inputs, outputs=lambda: [paths.report_dir()], reads=_reads_report,
+          dvc_dir_deps=True),
+]}
+
+
+# -- the study as a DAG -----------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Job:
+    """One stage instance of a study."""
+    stage: Stage
+    key: dict[str, Any] = field(hash=False)
+
+    @property
+    def label(self) -> str:
+        return self.stage.label(self.key)
+
+    def inputs(self, params: Params) -> Inputs:
+        return self.stage.inputs(params, **self.key)
+
+    @property
+    def outputs(self) -> list[str]:
+        return self.stage.outputs(**self.key)
+
+    @property
+    def command(self) -> str:
+        return self.stage.command(self.key)
+
+
+def jobs(params: Params) -> list[Job]:
+    """Every stage instance of the study, in table order (a topological order of the DAG)."""
+    return [Job(stage, key) for stage in STAGES.values() for key in stage.instances(params)]
+
+
+def producers(params: Params) -> dict[str, Job]:
+    """Output path -> the job that writes it."""
+    return {out: job for job in jobs(params) for out in job.outputs}
+
+
+def check_key(params: Params, stage: Stage, key: dict[str, Any]) -> None:
+    """ParamsError unless `key` names an instance the study declares (the CLI's one argument check)."""
+    key = stage.typed(key)
+    declared = stage.instances(params)
+    if key not in declared:
+        shown = ", ".join("-".join(str(v) for v in k.values()) for k in declared) or "none"
+        arg = " ".join(f"--{k} {v}" for k, v in key.items())
+        raise ParamsError(f"{stage.name} {arg}: not declared by the study (declared: {shown})")
+
+
+def check_resources(params: Params) -> None:
+    """`resources` may only name stages."""
+    for name in params.resources:
+        if name not in STAGES:
+            raise ParamsError(f"resources.{name}: not a stage (stages: {', '.join(STAGES)})")
+
+
+def call(params: Params, stage: str, /, **kwargs: Any) -> None:
+    """Run one instance of `stage` in-process with the inputs the table gives it (see `Stage.call`)."""
+    STAGES[stage].call(params, **kwargs)
+
+
+def build(params: Params, stage: str, /, **key: Any) -> None:
+    """Run one instance after every job it needs, in-process and in DAG order, whether or not they ran before.
+    For tests and benchmarks: a study runs under its engines, which skip what is up to date."""
+    check_key(params, STAGES[stage], key)
+    target = Job(STAGES[stage], STAGES[stage].typed(key))
+    producers_ = producers(params)
+    needed, todo = {target.label: target}, [target]
+    while todo:
+        job = todo.pop()
+        for path in flat(job.inputs(params)):
+            upstream = producers_.get(path)
+            if upstream is None and "://" not in path and not Path(path).exists():
+                raise FileNotFoundError(f"missing input of {job.label}: {path}")
+            if upstream is not None and upstream.label not in needed:
+                needed[upstream.label] = upstream
+                todo.append(upstream)
+    for job in jobs(params):
+        if job.label in needed:
+            job.stage.call(params, **job.key)
