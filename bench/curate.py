@@ -6,7 +6,7 @@ Three runs per repeat, each on one core over the same jsonl(.zst) files (default
   datatrove  LocalPipelineExecutor(tasks=1, workers=1): JsonlReader -> FTFY -> LanguageFilter ->
              GopherRepetition -> GopherQuality -> C4 (FineWeb variant) -> FineWebQuality -> PII -> JsonlWriter
   ours-spacy `workflow.curate.run` with the same blocks (curation.steps defaults, word_tokenizer: spacy):
-             all of curate-shard, curate-split and curate (gather); dedup, MinHash, decontamination and
+             all of curate_shard, curate_split and curate (gather); dedup, MinHash, decontamination and
              the held-out split off, so both runs do the same work -> orchestration overhead
   ours-fast  the same with word_tokenizer: fast (the regex word splitter) -> speedup and agreement
 Reports docs/s and MB/s per core (wall clock and CPU time, median over repeats), the overhead of

@@ -37,7 +37,7 @@ SCRIPTS: dict[str, tuple[list[str], list[str]]] = {
     "train": (["--steps", "50", "--repeats", "3"],
               ["--steps", "4", "--repeats", "1", "--hidden", "64", "--layers", "2", "--save-interval", "2"]),
     "merge": (["--repeats", "3"], ["--hidden", "128", "--layers", "2", "--repeats", "1"]),
-    "dag_noop": (["--branches", "50", "--repeats", "3"], ["--branches", "6", "--repeats", "1"]),
+    "dag_noop": (["--branches", "50", "200", "--repeats", "3"], ["--branches", "6", "--repeats", "1"]),
     "make_run": ([], ["--skip"]),
     "gpu_smoke": ([], ["--steps", "6"]),
 }
