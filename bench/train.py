@@ -111,13 +111,13 @@ class BareLoop:
     def __init__(self, params) -> None:
         import torch
 
-        from workflow.train import backend as be
+        from workflow.train import distributed
         from workflow.train.loop import setup
         from workflow.train.model import build_model
 
         self.t, m = params.trunk, params.model
         backend, tok = setup(params, params.model.parallel)
-        be.seed_everything(backend, self.t.seed)
+        distributed.seed_everything(backend, self.t.seed)
         self.model = build_model(m, backend, tok.vocab_size)
         self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=self.t.lr, weight_decay=self.t.weight_decay,
                                            betas=(self.t.adam_beta1, self.t.adam_beta2), eps=self.t.adam_eps, foreach=True)
@@ -197,7 +197,7 @@ def main() -> None:
 
     import torch
 
-    from workflow.train.backend import set_threads
+    from workflow.train.distributed import set_threads
     from workflow.train.model import flops_per_token
 
     set_threads()
