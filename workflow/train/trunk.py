@@ -1,37 +1,44 @@
 """Stable phase of the WSD schedule: a chain of checkpoints `artifacts/trunk/step-<N>`.
 
 Two ways to run it (same results, bit for bit):
-* `run(params, step=N)` (Snakemake, one job per segment): continue from `step-<prev>` (or from scratch
-  for the first checkpoint), train to N, write `step-N`.
+* `run(params, step=N)` (Snakemake, one job per segment): continue from the checkpoint before N
+  (`start_checkpoint`; from scratch for the first), train to N, write `step-N`.
 * `run(params, step=None)` (DVC, one stage owning `artifacts/trunk/`): produce every checkpoint in
   order, reusing complete ones whose fingerprint matches, retraining stale ones (from the last valid
   checkpoint before them), deleting unlisted ones.
 
-Inside a segment a resume point is saved every `trunk.save_interval` steps under
-`artifacts/.scratch/trunk/step-<N>`; a rerun after a crash (even SIGKILL) continues from it and ends
-with the same weights as an uninterrupted run. A scratch save is used only if its fingerprint matches.
+Each segment goes through the shared runner (`segment.py`): resume points every `trunk.save_interval`
+steps under `artifacts/.scratch/trunk/step-<N>` (a rerun after a crash, even SIGKILL, continues from one
+and ends with the same weights as an uninterrupted run), and the preflight check before its first step.
 """
 
 from __future__ import annotations
 
+import os
 import re
 from pathlib import Path
 
-import torch
-
 from workflow import paths
+from workflow.io import remove_stale_temporaries
 from workflow.params import Params
 from workflow.train import checkpoint as ckpt
-from workflow.train.loop import Session, is_main, remove_tree, setup
+from workflow.train import segment as runner
+from workflow.train.distributed import barrier, is_main
+from workflow.train.loop import Session, remove_tree, setup
 
-STEP_DIR = re.compile(r"^step-(\d+)$")
-LEFTOVER = re.compile(r"\.(tmp|old)-\d+$")  # what a killed `atomic_dir` leaves behind
+STEP_DIR = re.compile(r"^step-(\d+)(?:$|\.)")  # a checkpoint dir, or a writer's temporary of one
 
 
 def previous(params: Params, step: int) -> int | None:
     """The checkpoint before `step` (None for the first)."""
     i = params.trunk.checkpoints.index(step)
     return params.trunk.checkpoints[i - 1] if i else None
+
+
+def start_checkpoint(params: Params, step: int) -> str | None:
+    """The model dir trunk segment `step` continues (None: it starts from scratch)."""
+    prev = previous(params, step)
+    return paths.trunk_dir(prev) if prev is not None else None
 
 
 def lineage(params: Params, step: int) -> dict:
@@ -41,9 +48,11 @@ def lineage(params: Params, step: int) -> dict:
             "warmup_steps": t.warmup_steps, "mixture": t.mixture}
 
 
-def say(message: str) -> None:
-    if is_main():
-        print(message, flush=True)
+def segment(params: Params, step: int, fingerprint: str) -> runner.Segment:
+    return runner.Segment(model_id=f"trunk-{step}", kind="trunk", end_step=step,
+                          parent=start_checkpoint(params, step), out=paths.trunk_dir(step),
+                          scratch=paths.scratch_dir("trunk", f"step-{step}"), fingerprint=fingerprint,
+                          lineage=lineage(params, step))
 
 
 def run(params: Params, step: int | None = None) -> None:
@@ -55,60 +64,34 @@ def run(params: Params, step: int | None = None) -> None:
     if step is None:
         _run_all(params, fingerprint)
         return
-    prev = previous(params, step)
-    if prev is not None:
-        problem = ckpt.check(paths.trunk_dir(prev), fingerprint)
+    parent = start_checkpoint(params, step)
+    if parent is not None:
+        problem = ckpt.check(parent, fingerprint)
         if problem:
             raise ckpt.CheckpointError(f"cannot train trunk step {step}: previous checkpoint {problem}. "
-                                       f"Train it first (`python -m workflow trunk --step {prev}`).")
-    _segment(Session(params), params, step, fingerprint)
+                                       f"Train it first (`python -m workflow trunk --step {previous(params, step)}`).")
+    runner.run(params, Session(params), segment(params, step, fingerprint))
 
 
 def _run_all(params: Params, fingerprint: str) -> None:
     root = Path(paths.trunk_root())
-    listed = {f"step-{s}" for s in params.trunk.checkpoints}
+    listed = set(params.trunk.checkpoints)
     todo = [s for s in params.trunk.checkpoints if ckpt.check(paths.trunk_dir(s), fingerprint) is not None]
-    _barrier()  # everyone has judged the checkpoints before rank 0 deletes any
+    barrier()  # everyone has judged the checkpoints before rank 0 deletes any
     if is_main():
-        for entry in sorted(root.iterdir()) if root.is_dir() else []:
-            if entry.name not in listed and (STEP_DIR.match(entry.name) or LEFTOVER.search(entry.name)):
-                print(f"trunk: removing {entry} (not in trunk.checkpoints)")
-                remove_tree(entry)
+        found = {int(m[1]) for m in map(STEP_DIR.match, os.listdir(root) if root.is_dir() else []) if m}
+        for step in sorted(found):
+            remove_stale_temporaries(paths.trunk_dir(step))  # what killed writers left (never a live one's)
+            if step not in listed and Path(paths.trunk_dir(step)).exists():
+                print(f"trunk: removing {paths.trunk_dir(step)} (not in trunk.checkpoints)")
+                remove_tree(paths.trunk_dir(step))
         for step in params.trunk.checkpoints:
             if step not in todo:
                 print(f"trunk-{step}: up to date (fingerprint matches), skipped")
             elif Path(paths.trunk_dir(step)).exists():
                 print(f"trunk-{step}: retraining: {ckpt.check(paths.trunk_dir(step), fingerprint)}")
                 remove_tree(paths.trunk_dir(step))
-    _barrier()
+    barrier()
     session = Session(params) if todo else None
     for step in todo:
-        _segment(session, params, step, fingerprint)
-
-
-def _segment(session: Session, params: Params, step: int, fingerprint: str) -> None:
-    """Bring `session` to `step` (from scratch save, previous checkpoint or its current state) and save step-N."""
-    prev = previous(params, step) or 0
-    model_id = f"trunk-{step}"
-    scratch = paths.scratch_dir("trunk", f"step-{step}")
-    saved = ckpt.read_meta(scratch)["step"] if ckpt.check(scratch, fingerprint) is None else None
-    if saved is not None and max(prev, session.step) < saved < step:
-        say(f"{model_id}: resuming from {scratch} (step {saved})")
-        session.restore(scratch)
-    elif session.step != prev:
-        session.restore(paths.trunk_dir(prev))
-    meta = lambda: session.meta(model_id, "trunk", fingerprint, lineage(params, step))  # noqa: E731
-    session.train_to(step, model_id, scratch, meta)
-    session.save(paths.trunk_dir(step), meta())
-    if is_main():
-        for path in (scratch, paths.trunk_dir(step)):
-            for leftover in Path(path).parent.glob(f"{Path(path).name}.*"):
-                if LEFTOVER.search(leftover.name):  # from killed earlier attempts
-                    remove_tree(leftover)
-        remove_tree(scratch)
-    _barrier()
-
-
-def _barrier() -> None:
-    if torch.distributed.is_initialized() and torch.distributed.get_world_size() > 1:
-        torch.distributed.barrier()
+        runner.run(params, session, segment(params, step, fingerprint))
