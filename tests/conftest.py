@@ -98,3 +98,22 @@ def pytest_collection_modifyitems(config, items) -> None:
         module = item.nodeid.split("::", 1)[0]
         if "tiny_study" in item.fixturenames and module not in TINY_STUDY_MODULES:
             raise pytest.UsageError(f"{module} uses the tiny_study fixture: add it to TINY_STUDY_MODULES in tests/conftest.py")
+
+
+@pytest.hookimpl(wrapper=True, tryfirst=True)  # the outermost wrapper: after pytest's short test summary
+def pytest_terminal_summary(terminalreporter):
+    """Skipped SLURM cluster tests are said again in the last lines of the run (`make test`), with what they leave untested."""
+    from tests.cluster.conftest import SKIP_PREFIX
+
+    result = yield
+
+    reasons = set()
+    for report in terminalreporter.stats.get("skipped", []):
+        longrepr = getattr(report, "longrepr", None)
+        reason = longrepr[2] if isinstance(longrepr, tuple) and len(longrepr) == 3 else str(longrepr)
+        if SKIP_PREFIX in reason:
+            reasons.add(reason[reason.index(SKIP_PREFIX):])
+    for reason in sorted(reasons):
+        terminalreporter.write_sep("!", "SLURM cluster tests skipped", red=True)
+        terminalreporter.write_line(reason)
+    return result
