@@ -24,7 +24,6 @@ import yaml
 from tests.cluster.study import micro_params
 from tests.conftest import clone_study, copy_repo, run
 from workflow import paths
-from workflow.params import Parallel
 from workflow.train import checkpoint as ckpt
 from workflow.train.launch import slurm_resources
 
@@ -33,7 +32,7 @@ pytestmark = pytest.mark.slow
 TRUNK = {"cpus": 1, "mem_mb": 1500, "runtime": 7, "partition": "debug"}  # per node; model.parallel: 2 nodes
 TWO_NODES = {"nproc_per_node": 1, "nodes": 2}  # two data-parallel replicas, one per node
 TEST_FLAGS = [
-    "--set-resources", *[f"trunk:{k}={v}" for k, v in slurm_resources(Parallel(**TWO_NODES), gpus=False).items()],
+    "--set-resources", *[f"trunk:{k}={v}" for k, v in slurm_resources(TWO_NODES["nodes"], gpus=False).items()],
     "--slurm-status-command", "squeue", "--slurm-no-account", "--slurm-keep-successful-logs",
     "--slurm-init-seconds-before-status-checks", "2", "--seconds-between-status-checks", "2",
     "--groups", *[f"{r}=prep" for r in ("curate_shard", "curate_split", "curate", "tokenizer", "tokenize")],

@@ -64,9 +64,9 @@ def test_refuses_what_cannot_span_the_nodes():
 
 
 def test_slurm_resources_make_the_executor_run_the_command_as_it_is():
-    assert slurm_resources(Parallel(nproc_per_node=4), gpus=True) == {}
-    assert slurm_resources(TWO_NODES, gpus=False) == {"mpi": "srun", "tasks": 2}
-    assert slurm_resources(TWO_NODES, gpus=True) == {"mpi": "srun", "tasks": 2, "tasks_per_gpu": 0}
+    assert slurm_resources(1, gpus=True) == {}
+    assert slurm_resources(2, gpus=False) == {"mpi": "srun", "tasks": 2}
+    assert slurm_resources(2, gpus=True) == {"mpi": "srun", "tasks": 2, "tasks_per_gpu": 0}
 
 
 class _Resources(dict):
@@ -89,6 +89,6 @@ def sbatch_line(resources: dict, threads: int = 4) -> str:
 def test_slurm_executor_allocates_one_task_per_node(gpus):
     """The resources, as the executor plugin turns them into sbatch flags: two nodes, one task on each."""
     rules = {"nodes": 2, "mem_mb": 1000, **({"gpu": 8} if gpus else {})}  # what rules/common.smk asks for already
-    line = sbatch_line(rules | slurm_resources(TWO_NODES, gpus))
+    line = sbatch_line(rules | slurm_resources(2, gpus))
     assert "--nodes=2" in line and "--ntasks=2" in line and "--ntasks-per-gpu" not in line, line
     assert "--ntasks=1" in sbatch_line({"nodes": 2, "mem_mb": 1000})  # without them: one task for two nodes

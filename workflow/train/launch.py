@@ -39,14 +39,14 @@ def world_size(parallel: Parallel) -> int:
     return parallel.nproc_per_node * parallel.nodes
 
 
-def slurm_resources(parallel: Parallel, gpus: bool) -> dict:
-    """Snakemake resources that make snakemake-executor-plugin-slurm run a multi-node training job's command as
+def slurm_resources(nodes: int, gpus: bool) -> dict:
+    """Snakemake resources that make snakemake-executor-plugin-slurm run a `nodes`-node training job's command as
     it is on the first node (an `mpi` job: no `srun -n1` wrapper, which would confine it to one node) in an
     allocation of one task per node (`--ntasks=nodes`); `tasks_per_gpu=0` stops the plugin from turning
     `tasks` into `--ntasks-per-gpu`. Empty for one node."""
-    if parallel.nodes == 1:
+    if nodes <= 1:
         return {}
-    return {"mpi": "srun", "tasks": parallel.nodes} | ({"tasks_per_gpu": 0} if gpus else {})
+    return {"mpi": "srun", "tasks": nodes} | ({"tasks_per_gpu": 0} if gpus else {})
 
 
 def job_info(job_id: str) -> dict[str, str]:
