@@ -77,10 +77,10 @@ class Session:
     """A model under training plus all state needed to continue it exactly."""
 
     def __init__(self, params: Params, branch: str | None = None) -> None:
+        self.params, self.branch = params, branch
+        self.backend, self.tokenizer = setup(params, params.model.parallel)  # first: it quiets megatron's imports
         from megatron.core.optimizer_param_scheduler import OptimizerParamScheduler
 
-        self.params, self.branch = params, branch
-        self.backend, self.tokenizer = setup(params, params.model.parallel)
         distributed.seed_everything(self.backend, params.trunk.seed)
         gpt = build_model(params.model, self.backend, self.tokenizer.vocab_size)
         self.model = self.backend.wrap_for_training(gpt)
