@@ -40,6 +40,7 @@ SCRIPTS: dict[str, tuple[list[str], list[str]]] = {
     "dag_noop": (["--branches", "50", "200", "--repeats", "3"], ["--branches", "6", "--repeats", "1"]),
     "make_run": ([], ["--skip"]),
     "gpu_smoke": ([], ["--steps", "6"]),
+    "gpu_acceptance": ([], []),
 }
 
 

@@ -5,7 +5,7 @@
 In one process, on one synthetic corpus (random token ids in a megatron `.bin/.idx`, so no upstream
 stage is needed), each repeat runs, alternating their order:
 
-  (a) arbor: `workflow.train.trunk.run(params, step=N)` end to end — process setup, model build, the
+  (a) arbor: `stages.call(params, "trunk", step=N)` (workflow/stages.py) end to end — process setup, model build, the
       `GPTDataset` stream, per-step logging, an intermediate checkpoint every `--save-interval` steps,
       the final checkpoint with `train_log.jsonl` and dvclive curves;
   (b) bare: the same megatron `GPTModel` (same spec, init and batch shape), one global batch already in
@@ -97,11 +97,10 @@ def timed(fn, params) -> tuple[float, float]:
 
 def run_trunk(params) -> None:
     """`trunk --step N` (in this process), from scratch."""
-    from workflow import paths
-    from workflow.train import trunk
+    from workflow import paths, stages
 
     shutil.rmtree(paths.ARTIFACTS + "/trunk", ignore_errors=True)
-    trunk.run(params, params.trunk.checkpoints[-1])
+    stages.call(params, "trunk", step=params.trunk.checkpoints[-1])
 
 
 class BareLoop:
@@ -111,13 +110,13 @@ class BareLoop:
     def __init__(self, params) -> None:
         import torch
 
-        from workflow.train import backend as be
+        from workflow.train import distributed
         from workflow.train.loop import setup
         from workflow.train.model import build_model
 
         self.t, m = params.trunk, params.model
         backend, tok = setup(params, params.model.parallel)
-        be.seed_everything(backend, self.t.seed)
+        distributed.seed_everything(backend, self.t.seed)
         self.model = build_model(m, backend, tok.vocab_size)
         self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=self.t.lr, weight_decay=self.t.weight_decay,
                                            betas=(self.t.adam_beta1, self.t.adam_beta2), eps=self.t.adam_eps, foreach=True)
@@ -197,7 +196,7 @@ def main() -> None:
 
     import torch
 
-    from workflow.train.backend import set_threads
+    from workflow.train.distributed import set_threads
     from workflow.train.model import flops_per_token
 
     set_threads()

@@ -55,8 +55,9 @@ def get_final_output():
 
 def all_cores():
     """Every core of a local run (`--cores`); 1 for cluster jobs, which ask for `resources.<stage>.cpus` instead
-    (the same value when submitting, where no core total exists, and inside the job, so `srun` fits the allocation)."""
-    if workflow.remote_exec:
+    (the same value when submitting, whose `cores` are the login node's, and inside the job, so `srun` fits the
+    allocation)."""
+    if workflow.remote_exec or not workflow.local_exec:
         return 1
     try:
         return workflow.cores

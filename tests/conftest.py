@@ -11,6 +11,8 @@ from pathlib import Path
 import pytest
 import yaml
 
+import workflow  # noqa: F401  (first: it sets MKL_CBWR before any test module loads torch)
+
 ROOT = Path(__file__).resolve().parents[1]
 TINY_PARAMS = ROOT / "tests" / "configs" / "tiny" / "params.yaml"
 
@@ -30,7 +32,10 @@ def copy_repo(dest: Path, params: dict | Path | None = None) -> Path:
     files = subprocess.run(["git", "ls-files", "-co", "--exclude-standard", "-z"], cwd=ROOT, capture_output=True, check=True).stdout
     for rel in filter(None, files.decode().split("\0")):
         src = ROOT / rel
-        if src.is_file():
+        if src.is_symlink():  # e.g. `cluster` -> profiles/cluster
+            (dest / rel).parent.mkdir(parents=True, exist_ok=True)
+            os.symlink(os.readlink(src), dest / rel)
+        elif src.is_file():
             (dest / rel).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(src, dest / rel)
     if params is not None:
@@ -96,3 +101,22 @@ def pytest_collection_modifyitems(config, items) -> None:
         module = item.nodeid.split("::", 1)[0]
         if "tiny_study" in item.fixturenames and module not in TINY_STUDY_MODULES:
             raise pytest.UsageError(f"{module} uses the tiny_study fixture: add it to TINY_STUDY_MODULES in tests/conftest.py")
+
+
+@pytest.hookimpl(wrapper=True, tryfirst=True)  # the outermost wrapper: after pytest's short test summary
+def pytest_terminal_summary(terminalreporter):
+    """Skipped SLURM cluster tests are said again in the last lines of the run (`make test`), with what they leave untested."""
+    from tests.cluster.conftest import SKIP_PREFIX
+
+    result = yield
+
+    reasons = set()
+    for report in terminalreporter.stats.get("skipped", []):
+        longrepr = getattr(report, "longrepr", None)
+        reason = longrepr[2] if isinstance(longrepr, tuple) and len(longrepr) == 3 else str(longrepr)
+        if SKIP_PREFIX in reason:
+            reasons.add(reason[reason.index(SKIP_PREFIX):])
+    for reason in sorted(reasons):
+        terminalreporter.write_sep("!", "SLURM cluster tests skipped", red=True)
+        terminalreporter.write_line(reason)
+    return result

@@ -1,4 +1,7 @@
-"""A real one-node SLURM cluster for tests: Debian's munge, slurmctld and slurmd, started as root.
+"""A real SLURM cluster for tests on this one machine: Debian's munge, slurmctld and one slurmd per node,
+started as root. The nodes (`n1`, `n2`, ...) are separate slurmd daemons (`slurmd -N <name>`, each on its
+own port, spool dir, pid and log file) on this host, so a job can span two "nodes" for real: SLURM
+allocates both, `srun` starts one task on each, and the tasks talk over TCP as on a cluster.
 
 Recipe: /work/shared/notes/slurm-local.md. `slurm.conf` must sit at its default path
 (`/etc/slurm/slurm.conf`): the `srun` that Snakemake's job step runs inside each job reads no
@@ -22,7 +25,8 @@ PACKAGES = ["slurmctld", "slurmd", "slurm-client", "munge"]
 BINARIES = ["slurmctld", "slurmd", "munged", "sbatch", "squeue", "sinfo", "srun"]
 SLURM_CONF = Path("/etc/slurm/slurm.conf")
 MUNGE_PID = Path("/run/munge/munged.pid")
-LOCK = Path("/tmp/arbor-test-slurm.lock")  # one test cluster per machine: the config path is global
+LOCK = Path("/tmp/arbor-test-slurm.lock")
+SLURMD_PORT = 17001  # node i listens on SLURMD_PORT + i  # one test cluster per machine: the config path is global
 
 
 class Unavailable(Exception):
@@ -67,10 +71,17 @@ def install() -> None:
             raise Unavailable(f"`{' '.join(cmd)}` failed ({proc.returncode}): {proc.stderr.strip()[-500:]}")
 
 
-def slurm_conf(state: Path) -> str:
-    """A one-node cluster: this host, its CPUs and memory as `slurmd -C` reports them, partition `debug`."""
+def node_names(count: int) -> list[str]:
+    return [f"n{i}" for i in range(1, count + 1)]
+
+
+def slurm_conf(state: Path, nodes: int = 2) -> str:
+    """`nodes` nodes on this host, each with its CPUs and memory as `slurmd -C` reports them (so the cores are
+    shared), partition `debug` over all of them."""
     host = socket.gethostname().split(".")[0]
-    node = _sh(["slurmd", "-C"]).stdout.splitlines()[0]  # NodeName=<host> CPUs=... RealMemory=...
+    hardware = _sh(["slurmd", "-C"]).stdout.splitlines()[0].split(" ", 1)[1]  # CPUs=... RealMemory=...
+    node_lines = [f"NodeName={name} NodeHostname={host} NodeAddr=127.0.0.1 Port={SLURMD_PORT + i} {hardware}"
+                  for i, name in enumerate(node_names(nodes))]
     return "\n".join([
         "ClusterName=arbor-test",
         f"SlurmctldHost={host}",
@@ -78,11 +89,11 @@ def slurm_conf(state: Path) -> str:
         "SlurmdUser=root",
         "AuthType=auth/munge",
         f"StateSaveLocation={state}/ctld",
-        f"SlurmdSpoolDir={state}/d",
+        f"SlurmdSpoolDir={state}/d/%n",
         f"SlurmctldPidFile={state}/slurmctld.pid",
-        f"SlurmdPidFile={state}/slurmd.pid",
+        f"SlurmdPidFile={state}/slurmd-%n.pid",
         f"SlurmctldLogFile={state}/slurmctld.log",
-        f"SlurmdLogFile={state}/slurmd.log",
+        f"SlurmdLogFile={state}/slurmd-%n.log",
         "ProctrackType=proctrack/linuxproc",
         "TaskPlugin=task/none",
         "MpiDefault=none",
@@ -93,8 +104,8 @@ def slurm_conf(state: Path) -> str:
         "AccountingStorageType=accounting_storage/none",
         "JobAcctGatherType=jobacct_gather/none",
         "SchedulerParameters=sched_interval=1",
-        node,
-        f"PartitionName=debug Nodes={host} Default=YES MaxTime=INFINITE State=UP",
+        *node_lines,
+        f"PartitionName=debug Nodes={','.join(node_names(nodes))} Default=YES MaxTime=INFINITE State=UP",
         "",
     ])
 
@@ -102,29 +113,32 @@ def slurm_conf(state: Path) -> str:
 class LocalSlurm:
     """`start()` brings the cluster up (installing packages where missing), `stop()` takes it down."""
 
-    def __init__(self, state: Path):
-        self.state = state
+    def __init__(self, state: Path, nodes: int = 2):
+        self.state, self.nodes = state, node_names(nodes)
         self.started: list[tuple[str, Path]] = []  # (daemon, pid file) in start order
         self._conf_backup: Path | None = None  # the slurm.conf found at SLURM_CONF, put back by stop()
         self._conf_written = False
         self._lock = None
 
     def start(self, timeout: float = 60) -> "LocalSlurm":
+        if os.environ.get("ARBOR_TEST_SLURM_UNAVAILABLE"):  # plays a machine without SLURM (test_unavailable.py)
+            raise Unavailable(os.environ["ARBOR_TEST_SLURM_UNAVAILABLE"])
         self._lock = open(LOCK, "w")
         fcntl.flock(self._lock, fcntl.LOCK_EX)  # waits for another test session's cluster
         try:
             install()
             self._start_munge()
-            for sub in ("ctld", "d"):
+            for sub in ("ctld", *(f"d/{name}" for name in self.nodes)):
                 (self.state / sub).mkdir(parents=True, exist_ok=True)
             if SLURM_CONF.exists():
                 self._conf_backup = self.state / "slurm.conf.orig"
                 shutil.copy2(SLURM_CONF, self._conf_backup)
             SLURM_CONF.parent.mkdir(parents=True, exist_ok=True)
-            SLURM_CONF.write_text(slurm_conf(self.state))
+            SLURM_CONF.write_text(slurm_conf(self.state, len(self.nodes)))
             self._conf_written = True
             self._daemon("slurmctld", ["slurmctld", "-i"], self.state / "slurmctld.pid")
-            self._daemon("slurmd", ["slurmd"], self.state / "slurmd.pid")
+            for name in self.nodes:
+                self._daemon(f"slurmd {name}", ["slurmd", "-N", name], self.state / f"slurmd-{name}.pid")
             self._wait_idle(timeout)
         except BaseException:
             self.stop()
@@ -156,17 +170,17 @@ class LocalSlurm:
         raise StartError(f"{name} wrote no live pid to {pid_file}{self._logs()}")
 
     def _wait_idle(self, timeout: float) -> None:
-        deadline = time.monotonic() + timeout
+        deadline, states = time.monotonic() + timeout, {}
         while time.monotonic() < deadline:
-            state = _sh(["sinfo", "-h", "-o", "%T"], timeout=30).stdout.strip()
-            if state.startswith("idle"):
+            states = dict(line.split() for line in _sh(["sinfo", "-h", "-N", "-o", "%N %T"], timeout=30).stdout.splitlines())
+            if set(states) == set(self.nodes) and all(s.startswith("idle") for s in states.values()):
                 return
             time.sleep(0.5)
-        raise StartError(f"the node did not become idle in {timeout:.0f} s (sinfo: {state!r}){self._logs()}")
+        raise StartError(f"the nodes did not become idle in {timeout:.0f} s (sinfo: {states!r}){self._logs()}")
 
     def _logs(self) -> str:
         tails = []
-        for log in ("slurmctld.log", "slurmd.log"):
+        for log in ("slurmctld.log", *(f"slurmd-{name}.log" for name in self.nodes)):
             path = self.state / log
             if path.exists():
                 tails.append(f"\n--- {log}\n" + "\n".join(path.read_text().splitlines()[-15:]))

@@ -1,28 +1,35 @@
-"""`snakemake --profile profiles/cluster` on a real one-node SLURM cluster, run to completion.
+"""`snakemake --profile cluster` on a real two-node SLURM cluster (two slurmd on this machine), run to completion;
+each trunk segment trains data-parallel across both nodes (one launcher per node, torchrun's c10d rendezvous,
+gloo between the nodes) and its losses equal one process's.
 
 Test-only flags: the test cluster has no accounting (status from `squeue`, no account), and two
 group jobs (the data preparation, and the evaluations with the report) keep the run short: the
 executor plugin adds 10 s to its poll interval after every poll that finds no finished job.
-The trunk segments stay single jobs, as on a real cluster.
+The trunk segments stay single jobs, as on a real cluster; their rule asks for two nodes and the executor's
+`mpi` launch itself (`workflow.train.launch.slurm_resources`, through the stage table).
 """
 
 from __future__ import annotations
 
 import json
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+import yaml
 
 from tests.cluster.study import micro_params
-from tests.conftest import copy_repo, run
+from tests.conftest import clone_study, copy_repo, run
 from workflow import paths
+from workflow.train import checkpoint as ckpt
 
 pytestmark = pytest.mark.slow
 
-TRUNK = {"cpus": 2, "mem_mb": 1500, "runtime": 7, "partition": "debug"}
+TRUNK = {"cpus": 1, "mem_mb": 1500, "runtime": 7, "partition": "debug"}  # per node; model.parallel: 2 nodes
+TWO_NODES = {"nproc_per_node": 1, "nodes": 2}  # two data-parallel replicas, one per node
 TEST_FLAGS = [
     "--slurm-status-command", "squeue", "--slurm-no-account", "--slurm-keep-successful-logs",
     "--slurm-init-seconds-before-status-checks", "2", "--seconds-between-status-checks", "2",
@@ -34,16 +41,18 @@ TEST_FLAGS = [
 @pytest.fixture(scope="module")
 def cluster_run(slurm, tmp_path_factory) -> tuple[Path, str]:
     params = micro_params()
+    params["model"]["parallel"] = TWO_NODES
     params["resources"] = {"trunk": TRUNK}
     repo = copy_repo(tmp_path_factory.mktemp("cluster"), params)
     run([sys.executable, "-m", "workflow", "dvc-yaml"], repo)
-    proc = run([sys.executable, "-m", "snakemake", "--profile", "profiles/cluster", *TEST_FLAGS], repo, timeout=480)
+    proc = run([sys.executable, "-m", "snakemake", "--profile", "cluster", *TEST_FLAGS], repo, timeout=480)
     return repo, proc.stdout + proc.stderr
 
 
 def squeue(job_ids: list[str]) -> dict[str, dict[str, str]]:
     """SLURM's own record of jobs (the test cluster keeps finished jobs for MinJobAge=600 s)."""
-    fields = {"id": "%i", "name": "%j", "state": "%T", "cpus": "%C", "mem": "%m", "time": "%l", "partition": "%P"}
+    fields = {"id": "%i", "name": "%j", "state": "%T", "cpus": "%C", "mem": "%m", "time": "%l", "partition": "%P",
+              "nodes": "%N"}
     out = subprocess.run(["squeue", "-h", "-t", "all", "-j", ",".join(job_ids), "-o", "|".join(fields.values())],
                          capture_output=True, text=True, check=True).stdout
     return {row[0]: dict(zip(fields, row)) for row in (line.split("|") for line in out.splitlines())}
@@ -59,7 +68,7 @@ def test_study_completes(cluster_run):
     for model in ("trunk-4", "trunk-8"):
         assert json.loads((repo / paths.eval_file(model)).read_text())["model"] == model
     assert (repo / paths.report_file()).is_file()
-    dry = run([sys.executable, "-m", "snakemake", "--profile", "profiles/local", "--cores", "2", "--dry-run"], repo).stdout
+    dry = run([sys.executable, "-m", "snakemake", "--dry-run"], repo).stdout  # plain snakemake: the local profile
     assert "Nothing to be done" in dry
 
 
@@ -94,7 +103,31 @@ def test_params_resources_reach_sbatch(cluster_run):
     records = squeue(list(submissions(log)))
     trunk_ids = {p.stem for p in (repo / ".snakemake/slurm_logs/rule_trunk").glob("*/*.log")}
     for job_id, rec in records.items():
-        if job_id in trunk_ids:
-            assert (rec["cpus"], rec["mem"], rec["time"], rec["partition"]) == ("2", "1500M", "7:00", "debug"), rec
+        if job_id in trunk_ids:  # one CPU on each of the two nodes
+            assert (rec["cpus"], rec["mem"], rec["time"], rec["partition"], rec["nodes"]) == \
+                ("2", "1500M", "7:00", "debug", "n[1-2]"), rec
         else:  # group jobs: default-resources (mem_mb 4000, runtime 60) summed over their jobs
             assert rec["mem"].endswith("000M") and rec["time"].endswith(":00:00"), rec
+
+
+def test_trunk_trains_across_two_nodes_as_one_process_does(cluster_run, tmp_path):
+    """Each segment ran in one job on both nodes (a launcher per node, one rank each, gloo between them);
+    the losses and grad norms equal a one-process run of the same segments, to 1e-5."""
+    repo, _ = cluster_run
+    for step in (4, 8):
+        stage_log = (repo / f"logs/trunk/step-{step}.log").read_text()
+        assert "launching 2 processes: srun --nodes=2 --ntasks=2 --ntasks-per-node=1" in stage_log, stage_log[-2000:]
+        assert stage_log.count("--rdzv-backend=c10d") == 2 and "is_host=true" in stage_log and "is_host=false" in stage_log
+    one = clone_study(repo, tmp_path / "one-process")
+    params = yaml.safe_load((one / "params.yaml").read_text())
+    params["model"]["parallel"] = {}
+    (one / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    run([sys.executable, "-m", "workflow", "dvc-yaml"], one)
+    shutil.rmtree(one / paths.trunk_root())
+    for step in (4, 8):
+        done = run([sys.executable, "-m", "workflow", "trunk", "--step", str(step)], one)
+        assert "launching" not in done.stderr
+        two_nodes, single = ckpt.read_log(repo / paths.trunk_dir(step)), ckpt.read_log(one / paths.trunk_dir(step))
+        assert [r["step"] for r in two_nodes] == [r["step"] for r in single] == list(range(1, step + 1))
+        assert [r["loss"] for r in two_nodes] == pytest.approx([r["loss"] for r in single], abs=1e-5)
+        assert [r["grad_norm"] for r in two_nodes] == pytest.approx([r["grad_norm"] for r in single], rel=1e-5)

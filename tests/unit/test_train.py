@@ -222,3 +222,25 @@ def test_data_stream_is_horizon_independent(train_study):
 def test_step_must_be_a_checkpoint(train_study):
     with pytest.raises(ParamsError, match=r"trunk --step 5: not declared by the study \(declared: "):
         stages.call(train_study(), "trunk", step=5)
+
+
+def test_only_killed_writers_temporaries_are_removed(train_study):
+    """A trunk run removes the `.tmp-<pid>` dirs of killed writers (their pid is gone) next to its outputs and
+    scratch saves, and leaves a live writer's alone."""
+    import subprocess
+
+    params = train_study(checkpoints=[4])
+    live = subprocess.Popen(["sleep", "60"])
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    try:
+        temporaries = {name: Path(f"{base}.tmp-{proc.pid}") for base in (paths.trunk_dir(4), paths.trunk_dir(99),
+                       paths.scratch_dir("trunk", "step-4")) for name, proc in ((f"{base}:live", live), (f"{base}:dead", dead))}
+        for path in temporaries.values():
+            path.mkdir(parents=True)
+        stages.call(params, "trunk")
+        assert {name for name, path in temporaries.items() if path.exists()} == {n for n in temporaries if n.endswith(":live")}
+        assert Path(paths.trunk_dir(4)).is_dir() and not Path(paths.scratch_dir("trunk", "step-4")).exists()
+    finally:
+        live.kill()
+        live.wait()

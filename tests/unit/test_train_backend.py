@@ -1,5 +1,5 @@
-"""Backends and launching without a GPU: the GPU configuration is built (not run) on CPU, FP8 is refused
-without Transformer Engine (at `check` time), the torchrun command lines, the FLOPs formula."""
+"""Backends without a GPU: the GPU configuration is built (not run) on CPU, FP8 is refused without Transformer
+Engine or with shapes its GEMMs refuse (at `check` time), each rank's device, the module layout, the FLOPs formula."""
 
 from __future__ import annotations
 
@@ -8,9 +8,9 @@ import torch
 
 from tests.unit.conftest import train_params_dict
 from workflow import cli
-from workflow.params import Model, ParamsError, Parallel, Trunk, parse_params
+from workflow.params import Model, ParamsError, Parallel, parse_params
 from workflow.train import backend as be
-from workflow.train.launch import LaunchError, torchrun_command
+from workflow.train.optimizer import ddp_config
 from workflow.train.model import flops_per_token, ffn_size, padded_vocab_size, transformer_config
 
 FP8 = {"format": "hybrid", "recipe": "tensorwise", "amax_history_len": 16, "margin": 1, "first_last_layers_bf16": True}
@@ -26,10 +26,12 @@ def test_gpu_config_is_built_on_cpu():
     assert config.first_last_layers_bf16 and config.num_query_groups == 4 and config.ffn_hidden_size == ffn_size(model)
     bf16_only = transformer_config(Model(backend="gpu"), be.gpu_config_kwargs(Model(backend="gpu")))
     assert bf16_only.bf16 and bf16_only.fp8 is None
-    trunk = Trunk(checkpoints=[10], lr=1e-3, grad_clip=0.5)
-    opt = be.optimizer_config(trunk, distributed_optimizer=True)
-    assert (opt.optimizer, opt.lr, opt.clip_grad, opt.bf16, opt.use_distributed_optimizer) == ("adam", 1e-3, 0.5, True, True)
-    ddp = be.ddp_config(distributed_optimizer=True)
+    params = parse_params(train_params_dict(lr=1e-3, grad_clip=0.5))
+    gpu = be.Backend("gpu", "nccl", be.gpu_config_kwargs(model), distributed_optimizer=True)
+    opt = gpu.optimizer_config(params)
+    assert (opt.optimizer, opt.lr, opt.min_lr, opt.clip_grad, opt.bf16, opt.use_distributed_optimizer) == \
+        ("adam", 1e-3, 0.0, 0.5, True, True)
+    ddp = ddp_config(distributed_optimizer=True)
     assert ddp.use_distributed_optimizer and ddp.grad_reduce_in_fp32 and config.calculate_per_token_loss
 
 
@@ -97,21 +99,6 @@ def test_pipeline_parallel_config():
     assert transformer_config(model, be.gpu_config_kwargs(model), pp=2).pipeline_dtype == torch.bfloat16
 
 
-def test_torchrun_command():
-    argv = ["--params", "p.yaml", "trunk", "--step", "8"]
-    assert torchrun_command(Parallel(), argv, {}) is None
-    one_node = torchrun_command(Parallel(tp=2, nproc_per_node=2), argv, {})
-    assert one_node[1:] == ["-m", "torch.distributed.run", "--nproc-per-node=2", "--standalone", "-m", "workflow", *argv]
-    assert torchrun_command(Parallel(tp=2, nproc_per_node=2), argv, {"RANK": "0", "WORLD_SIZE": "2"}) is None
-    with pytest.raises(LaunchError, match="SLURM"):
-        torchrun_command(Parallel(nproc_per_node=2, nodes=2), argv, {})
-    slurm = {"SLURM_JOB_ID": "4321", "SLURM_NNODES": "2", "SLURM_NODEID": "1", "MASTER_ADDR": "node07"}
-    multi = torchrun_command(Parallel(nproc_per_node=2, nodes=2), argv, slurm)
-    assert {"--nnodes=2", "--node-rank=1", "--master-addr=node07", "--master-port=33821"} <= set(multi)
-    with pytest.raises(LaunchError, match="3 nodes"):
-        torchrun_command(Parallel(nproc_per_node=2, nodes=2), argv, slurm | {"SLURM_NNODES": "3"})
-
-
 def test_vocab_padding_does_not_depend_on_tp():
     assert padded_vocab_size(300) == padded_vocab_size(300, tp=2) == padded_vocab_size(300, tp=8) == 384
     with pytest.raises(ValueError, match="tp"):
@@ -137,3 +124,63 @@ def test_flops_per_token_matches_torch_flop_counter(train_study):
     m = params.model
     attention = 3 * m.num_layers * 4 * m.seq_length * m.hidden_size
     assert flops_per_token(m, tok.vocab_size) == flops_per_token(m, tok.vocab_size, attention=False) + attention
+
+
+def test_gpu_rank_uses_the_gpu_of_its_local_rank(monkeypatch):
+    """Every rank on its own GPU: the device is read from LOCAL_RANK when used (after `distributed.init` selected
+    it), never fixed while the process still sees cuda:0 as current."""
+    gpu = be.Backend("gpu", "nccl", {})
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    assert gpu.device == torch.device("cuda", 1)
+    monkeypatch.setenv("LOCAL_RANK", "3")
+    assert gpu.device == torch.device("cuda", 3)
+    monkeypatch.delenv("LOCAL_RANK")
+    assert gpu.device == torch.device("cuda", 0)
+    assert be.Backend("cpu", "gloo", {}).device == torch.device("cpu")
+
+
+def test_one_concern_per_module_without_import_side_effects():
+    """model.py does not import backend.py (no cycle), and importing the training package neither loads megatron
+    nor changes the warning filters (megatron is quieted by `loop.setup()`, when a stage starts)."""
+    import subprocess
+    import sys
+
+    from tests.conftest import ROOT
+
+    code = ("import sys, warnings, torch, numpy; before = list(warnings.filters); import workflow.train.model; "
+            "assert 'workflow.train.backend' not in sys.modules, 'model imports backend'; "
+            "import workflow.train.backend, workflow.train.loop, workflow.train.trunk, workflow.train.decay; "
+            "assert warnings.filters == before, 'an import changed the warning filters'; "
+            "assert not [m for m in sys.modules if m.startswith('megatron')], 'importing the package loads megatron'")
+    done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+
+
+def test_fp8_shapes_are_judged_at_check_time():
+    """Transformer Engine's FP8 GEMMs need widths of 16 and rows of 8 per TP rank; `check` says which shape fails
+    before it says anything about the machine (no TE, no GPU)."""
+    tiny = dict(num_layers=2, hidden_size=64, num_attention_heads=4, num_query_groups=2, ffn_hidden_size=128,
+                seq_length=64, fp8=FP8)
+    assert be.fp8_shape_problems(Model(backend="gpu", **tiny, parallel={"tp": 2, "nproc_per_node": 2})) == []
+    odd = Model(backend="gpu", **(tiny | {"seq_length": 100, "ffn_hidden_size": 200}))
+    problems = be.fp8_shape_problems(odd)
+    assert problems == ["model.seq_length (100) is not a multiple of 16",
+                        "linear_fc2 input width 200 (per TP rank) is not a multiple of 16"]
+    with pytest.raises(be.BackendError, match=r"FP8 GEMMs refuse these shapes: model\.seq_length \(100\)"):
+        be.validate(odd)
+    split = Model(backend="gpu", **(tiny | {"hidden_size": 80, "num_attention_heads": 10, "num_query_groups": 10}),
+                  parallel={"tp": 2, "nproc_per_node": 2})
+    assert be.fp8_shape_problems(split) == ["linear_proj input width 40 (per TP rank) is not a multiple of 16"]
+
+
+def test_check_names_an_fp8_shape(train_study, capsys):
+    import yaml
+
+    raw = train_params_dict()
+    raw["model"].update(seq_length=40, fp8={"recipe": "tensorwise"})
+    with open("params.yaml", "w") as f:
+        yaml.safe_dump(raw, f)
+    with pytest.raises(SystemExit) as exit_:
+        cli.main(["check"])
+    assert exit_.value.code == cli.EXIT_BAD_PARAMS
+    assert "model.seq_length (40) is not a multiple of 16" in capsys.readouterr().err

@@ -23,6 +23,7 @@ from workflow.train import checkpoint as ckpt
 from workflow.train import trunk
 
 STEPS, SAVE_INTERVAL = 40, 5
+LEFTOVER = re.compile(r"\.(tmp|old)-\d+$")  # what a killed `atomic_dir` leaves behind
 
 
 def start_segment() -> subprocess.Popen:
@@ -80,5 +81,5 @@ def test_sigkill_at_random_points_then_rerun_is_bit_identical(train_study, train
     for name in weights:
         assert torch.equal(weights[name], reference[name]), f"seed {seed}, kills after steps {points}: {name} differs"
     assert log == reference_log
-    leftovers = [p for p in Path(paths.ARTIFACTS).rglob("*") if trunk.LEFTOVER.search(p.name)]
+    leftovers = [p for p in Path(paths.ARTIFACTS).rglob("*") if LEFTOVER.search(p.name)]
     assert not leftovers and not Path(paths.scratch_dir("trunk", f"step-{STEPS}")).exists()

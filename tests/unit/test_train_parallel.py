@@ -1,6 +1,7 @@
-"""Parallel layouts on CPU (gloo): the stage launches torchrun itself; TP=2, DP=2 and PP=2 give one process's
-losses and grad norms (to 1e-5), and a checkpoint saved under one layout loads, and trains on, under another
-(megatron's dist_checkpointing reshards model and optimizer state)."""
+"""Parallel layouts on CPU (gloo): the stage launches torchrun itself; TP=2, DP=2, PP=2 and TP=2 x PP=2 give one
+process's losses and grad norms (to 1e-5), and a checkpoint saved under one layout loads, and trains on, under
+another (megatron's dist_checkpointing reshards model and optimizer state). Across two SLURM nodes:
+tests/cluster/test_slurm.py."""
 
 from __future__ import annotations
 
@@ -26,7 +27,8 @@ def run_stage(raw: dict, *argv: str) -> None:
         yaml.safe_dump(raw, f)
     done = subprocess.run([sys.executable, "-m", "workflow", *argv], capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
-    assert "launching 2 processes" in done.stderr
+    layout = raw["model"]["parallel"]
+    assert f"launching {layout['nproc_per_node'] * layout.get('nodes', 1)} processes" in done.stderr
 
 
 def study(**trunk_keys) -> dict:
@@ -48,8 +50,9 @@ def assert_same_run(directory, reference) -> None:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("layout", [{"tp": 2, "nproc_per_node": 2}, {"nproc_per_node": 2}, {"pp": 2, "nproc_per_node": 2}],
-                         ids=["tp2", "dp2", "pp2"])
+@pytest.mark.parametrize("layout", [{"tp": 2, "nproc_per_node": 2}, {"nproc_per_node": 2}, {"pp": 2, "nproc_per_node": 2},
+                                    {"tp": 2, "pp": 2, "nproc_per_node": 4}],
+                         ids=["tp2", "dp2", "pp2", "tp2pp2"])
 def test_parallel_layout_matches_one_process(train_study, train_weights, layout):
     one = parse_params(study(checkpoints=[4, 8]))
     stages.call(one, "trunk")

@@ -12,6 +12,7 @@ from typing import Any
 
 from workflow import stages
 from workflow.params import JobResources, Params
+from workflow.train import launch
 
 
 def _resolved_value(resolved: dict[str, Any], dotted: str) -> Any:
@@ -94,7 +95,8 @@ def threads(params: Params, name: str, cores: int) -> int:
 def resources(params: Params, name: str, scaled: Callable[[int], Any]) -> dict[str, Any]:
     """Snakemake resources (slurm executor names) from `resources.<stage>`; unset keys are left to the profile.
 
-    Training stages ask for `model.parallel.nodes` nodes and, on the gpu backend, `nproc_per_node` GPUs on each.
+    Training stages ask for `model.parallel.nodes` nodes and, on the gpu backend, `nproc_per_node` GPUs on each;
+    on several nodes they are `mpi` jobs that start one launcher per node.
     `scaled` makes a value grow with the attempt number (mem_mb, runtime).
     """
     res, stage = job_resources(params, name), stages.STAGES[name]
@@ -106,6 +108,8 @@ def resources(params: Params, name: str, scaled: Callable[[int], Any]) -> dict[s
     out: dict[str, Any] = {"nodes": nodes} if nodes else {}
     if gpus:
         out["gpu"] = gpus * (nodes or 1)
+    if stage.training:  # several nodes: one launcher per node (workflow/train/launch.py), no `srun -n1` wrapper
+        out.update(launch.slurm_resources(nodes or 1, bool(gpus)))
     if res.mem_mb:
         out["mem_mb"] = scaled(res.mem_mb)
     if res.runtime:

@@ -20,7 +20,6 @@ from workflow.evaluate.model import LoadedModel
 from workflow.io import read_json
 from workflow.params import Params
 from workflow.train.data import verify_tokens
-from workflow.train.model import token_losses
 
 
 def heldout_windows(prefix: str, seq_length: int, max_sequences: int | None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -66,7 +65,7 @@ def heldout_metrics(params: Params, loaded: LoadedModel) -> dict[str, dict]:
         with torch.no_grad():
             for b in range(0, len(tokens), params.eval.batch_size):
                 sl = slice(b, b + params.eval.batch_size)
-                losses = token_losses(loaded.model, loaded.backend, tokens[sl].to(device), labels[sl].to(device))
+                losses = loaded.token_losses(tokens[sl], labels[sl])
                 nats += float(losses.double()[mask[sl].to(device)].sum())
         n = int(mask.sum())
         split = read_json(paths.tokens_stats(domain))["heldout"]

@@ -1,5 +1,11 @@
 """A model dir loaded for inference: the training code's megatron `GPTModel`, one process (TP = PP = 1,
-any training layout reshards on load), eval mode."""
+any training layout reshards on load), eval mode.
+
+Every forward pads its sequences on the right to a multiple of 16 tokens (`pad_length`), on every backend:
+Transformer Engine's FP8 GEMMs refuse token counts that are not multiples of 8 (and `check` makes sure the
+padded length never exceeds `model.seq_length`, `backend.fp8_shape_problems`). Attention is causal, so the
+padding changes nothing at the real positions; it is cut off again.
+"""
 
 from __future__ import annotations
 
@@ -11,10 +17,21 @@ from workflow import paths
 from workflow.errors import StageError
 from workflow.params import Params
 from workflow.train import checkpoint as ckpt
-from workflow.train.backend import Backend
+from workflow.train.backend import FP8_TOKEN_MULTIPLE, Backend
 from workflow.train.data import TokenizerInfo
 from workflow.train.loop import setup
-from workflow.train.model import build_model
+from workflow.train.model import build_model, token_losses
+
+
+def pad_length(n: int) -> int:
+    """`n` tokens rounded up to a multiple of 16 (FP8-safe GEMM shapes for any batch size)."""
+    return -(-n // FP8_TOKEN_MULTIPLE) * FP8_TOKEN_MULTIPLE
+
+
+def pad_right(ids: torch.Tensor, value: int) -> torch.Tensor:
+    """`ids` `[b, s]` padded with `value` to `[b, pad_length(s)]`."""
+    extra = pad_length(ids.size(1)) - ids.size(1)
+    return torch.nn.functional.pad(ids, (0, extra), value=value) if extra else ids
 
 
 @dataclasses.dataclass
@@ -33,10 +50,19 @@ class LoadedModel:
     @torch.no_grad()
     def logits(self, tokens: torch.Tensor) -> torch.Tensor:
         """fp32 logits `[b, s, vocab_size]` of token ids `[b, s]` (causal: position i sees tokens <= i)."""
-        tokens = tokens.to(self.backend.device)
-        positions = torch.arange(tokens.size(1), device=tokens.device).unsqueeze(0).expand_as(tokens)
+        n = tokens.size(1)
+        ids = pad_right(tokens.to(self.backend.device), self.tokenizer.eod)
+        positions = torch.arange(ids.size(1), device=ids.device).unsqueeze(0).expand_as(ids)
         with self.backend.autocast():
-            return self.model(tokens, positions, None).float()
+            return self.model(ids, positions, None).float()[:, :n]
+
+    @torch.no_grad()
+    def token_losses(self, tokens: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """Per-token cross entropy `[b, s]` in nats of `labels` after `tokens`."""
+        n = tokens.size(1)
+        device, eod = self.backend.device, self.tokenizer.eod
+        losses = token_losses(self.model, self.backend, pad_right(tokens.to(device), eod), pad_right(labels.to(device), eod))
+        return losses[:, :n]
 
 
 def load_model(params: Params, model_id: str) -> LoadedModel:

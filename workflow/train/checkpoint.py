@@ -11,14 +11,16 @@ Layout of every model dir (`trunk/step-N`, `decay/<b>`, `merge/<m>`, and scratch
 `meta.json` is written last and lists every other file's size and SHA-256 (`files`); `incomplete()` (so
 `check()`, `load()`, merge, evaluate and export) rejects a dir whose files do not match, naming the file.
 
-Loading never runs pickled code. Three pickles are read on load (torch 2.13, megatron-core 0.16.1):
+Loading never runs pickled code. Four pickles are read on load (torch 2.13, megatron-core 0.16.1, TE):
 * `common.pt` (scheduler, RNG, data stream, step) by megatron's bare `torch.load`: `weights_only=True`, the
   default since torch 2.6; `load()` refuses to run when `TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD` switches it off;
 * `checkpoint/.metadata` (torch DCP's index of the shards) by DCP's plain `pickle.load`;
-* sharded objects (the layers' `_extra_state`) by DCP's `torch.load(weights_only=False)`.
-Before megatron reads anything, `load()` unpickles `.metadata` with an allowlist of DCP's metadata types
-and every sharded object with `weights_only=True` (`safe_pickles`): a checkpoint that would build anything
-else is refused, so the permissive reads that follow only ever see data.
+* sharded objects (the layers' `_extra_state`) by DCP's `torch.load(weights_only=False)`;
+* on the TE layer spec, the bytes of each `_extra_state` uint8 tensor, by TE's `set_extra_state` (`pickle.loads`).
+Before megatron reads anything, `load()` unpickles `.metadata` with an allowlist of DCP's metadata types,
+every sharded object with `weights_only=True`, and each `_extra_state` payload with an allowlist of what TE
+writes there (`safe_pickles`, `te_state`): a checkpoint that would build anything else is refused, so the
+permissive reads that follow only ever see data.
 """
 
 from __future__ import annotations
@@ -40,6 +42,7 @@ from workflow import integrity, paths
 from workflow.io import atomic_dir, read_json, write_json
 from workflow.errors import StageError
 from workflow.params import TRUNK_LAYOUT, Params, ParamsError, parse_model_id
+from workflow.train import te_state
 
 CKPT = "checkpoint"
 META = "meta.json"
@@ -199,8 +202,9 @@ def load(directory: str | Path, model: torch.nn.Module, optimizer=None) -> dict:
     if optimizer is not None and not read_meta(directory).get("has_optimizer", False):
         raise CheckpointError(f"{directory}: has no optimizer state (a merge?); it cannot be trained from")
     safe_pickles(directory / CKPT)
-    loaded = dist_checkpointing.load(_sharded(model, optimizer, is_loading=True), str(directory / CKPT))
-    unwrap_model(model).load_state_dict(loaded["model"])
+    with te_state.checked_payloads_loadable():  # TE's set_extra_state runs in load_state_dict
+        loaded = dist_checkpointing.load(_sharded(model, optimizer, is_loading=True), str(directory / CKPT))
+        unwrap_model(model).load_state_dict(loaded["model"])
     if optimizer is not None:
         optimizer.load_state_dict(loaded["optimizer"])
     return loaded.get("state", {})
@@ -291,12 +295,17 @@ def safe_pickles(checkpoint: Path) -> None:
                 raise CheckpointError(f"{where}: stored with transforms {info.transform_descriptors}; not supported")
             with open(checkpoint / info.relative_path, "rb") as f:
                 f.seek(info.offset)
-                _weights_only(io.BytesIO(f.read(info.length)), where)
+                obj = _weights_only(io.BytesIO(f.read(info.length)), where)
+            for extra in te_state.payloads(obj) if "_extra_state" in index.fqn else ():
+                try:
+                    te_state.check(extra)
+                except te_state.ForgedExtraState as err:
+                    raise CheckpointError(f"{where}: refusing its Transformer Engine extra state ({err})") from None
 
 
-def _weights_only(source, where) -> None:
+def _weights_only(source, where):
     try:
-        torch.load(source, map_location="cpu", weights_only=True)
+        return torch.load(source, map_location="cpu", weights_only=True)
     except Exception as err:
         lines = str(err).splitlines()
         reason = next((line.strip() for line in lines if "Unsupported" in line), lines[0] if lines else repr(err))

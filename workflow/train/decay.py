@@ -2,7 +2,8 @@
 
 The branch continues the trunk checkpoint's weights, AdamW state (unless `rewarm.reset_optimizer`),
 RNG and data stream. Steps keep the trunk's absolute numbering, `from_step + 1 .. end_step`; the LR
-schedule counts from the branch point (`loop.schedule`).
+schedule counts from the branch point (`loop.schedule`), and every param group carries the branch's own
+peak and final LR (`optimizer.optimizer_config`), whatever the trunk checkpoint's groups said.
 
 Data: without a `mixture` the branch reads the trunk's stream from the trunk's position on, i.e. exactly
 the samples the trunk would have read next. With its own `mixture`, a new blend (megatron's blending
@@ -16,15 +17,17 @@ Why a branch cannot start from a merge: a merge is an average of weights only. I
 position (its inputs stopped at different points of possibly different streams). Both have reasonable
 answers (fresh optimizer; per-domain maximum of the inputs' positions) but change what a decay *is* (a
 continuation of one trunk run), so the schema only accepts `from_step`.
+
+Heavy imports (torch, megatron) happen inside `run`: the stage table imports this module.
 """
 
 from __future__ import annotations
 
-from pathlib import Path
+from collections.abc import Callable
+from typing import Any
 
 from workflow import paths
 from workflow.params import Params
-from workflow.train.trunk import LEFTOVER
 
 
 def lineage(params: Params, branch: str) -> dict:
@@ -35,10 +38,24 @@ def lineage(params: Params, branch: str) -> dict:
             "reset_optimizer": bool(d.rewarm and d.rewarm.reset_optimizer)}
 
 
+def branch_point(params: Params, branch: str) -> Callable[[Any], None]:
+    """What happens once at the branch point: a fresh optimizer (`rewarm.reset_optimizer`), the branch's mixture."""
+    d = params.decays[branch]
+
+    def enter(session: Any) -> None:
+        if d.rewarm and d.rewarm.reset_optimizer:
+            session.reset_optimizer()
+        if d.mixture is not None:
+            session.switch_stream(d.mixture)
+
+    return enter
+
+
 def run(params: Params, branch: str, *, inputs: dict[str, list[str]]) -> None:
     """Train decay branch `branch` from its parent checkpoint `inputs["parent"]`; write `artifacts/decay/<branch>`."""
     from workflow.train import checkpoint as ckpt
-    from workflow.train.loop import Session, is_main, remove_tree
+    from workflow.train import segment as runner
+    from workflow.train.loop import Session
 
     d = params.decays[branch]
     source = inputs["parent"][0]
@@ -47,24 +64,8 @@ def run(params: Params, branch: str, *, inputs: dict[str, list[str]]) -> None:
         raise ckpt.CheckpointError(f"cannot train decay '{branch}': trunk checkpoint {problem}. "
                                    f"Train it first (`python -m workflow trunk --step {d.from_step}`).")
     fingerprint = ckpt.fingerprint(params, branch)
-    model_id, end = f"decay-{branch}", d.end_step
     session = Session(params, branch)
-    scratch = paths.scratch_dir("decay", branch)
-    if ckpt.check(scratch, fingerprint) is None and d.from_step < ckpt.read_meta(scratch)["step"] < end:
-        print(f"{model_id}: resuming from {scratch} (step {ckpt.read_meta(scratch)['step']})")
-        session.restore(scratch)
-    else:
-        session.restore(source, keep_log=False)
-        if d.rewarm and d.rewarm.reset_optimizer:
-            session.reset_optimizer()
-        if d.mixture is not None:
-            session.switch_stream(d.mixture)
-    meta = lambda: session.meta(model_id, "decay", fingerprint, lineage(params, branch))  # noqa: E731
-    session.train_to(end, model_id, scratch, meta)
-    session.save(paths.decay_dir(branch), meta())
-    if is_main():
-        for path in (Path(scratch), Path(paths.decay_dir(branch))):  # as the trunk: what killed attempts left
-            for leftover in path.parent.glob(f"{path.name}.*"):
-                if LEFTOVER.search(leftover.name):
-                    remove_tree(leftover)
-    remove_tree(scratch)
+    runner.run(params, session, runner.Segment(
+        model_id=f"decay-{branch}", kind="decay", end_step=d.end_step, parent=source, out=paths.decay_dir(branch),
+        scratch=paths.scratch_dir("decay", branch), fingerprint=fingerprint, lineage=lineage(params, branch),
+        keep_parent_log=False, enter=branch_point(params, branch)))

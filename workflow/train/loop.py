@@ -28,7 +28,10 @@ from workflow import paths
 from workflow.params import Parallel, Params
 from workflow.train import backend as be
 from workflow.train import checkpoint as ckpt
+from workflow.train import distributed
+from workflow.train import optimizer as optim
 from workflow.train.data import DataStream, TokenizerInfo, domain_weights
+from workflow.train.distributed import is_main
 from workflow.train.model import build_model, token_losses
 
 NEVER = 10**15  # trunk "decay length": the stable phase never reaches its anneal
@@ -60,33 +63,30 @@ def schedule_origin(params: Params, branch: str | None = None) -> int:
 
 
 def setup(params: Params, parallel: Parallel | None = None) -> tuple[be.Backend, TokenizerInfo]:
-    """Backend, threads, process group and tokenizer facts: the common start of every stage.
-    `parallel`: the training layout (`params.model.parallel`); None = one process, TP = PP = 1."""
-    be.set_threads()
+    """Quiet megatron, threads, backend, process group and tokenizer facts: the common start of every stage
+    that builds a model. `parallel`: the training layout (`params.model.parallel`); None = one process,
+    TP = PP = 1."""
+    be.quiet_megatron()
+    distributed.set_threads()
     backend = be.resolve(params.model)
-    be.init_distributed(backend, parallel)
+    distributed.init(backend, parallel)
     return backend, TokenizerInfo.load(params)
-
-
-def is_main() -> bool:
-    return not torch.distributed.is_initialized() or torch.distributed.get_rank() == 0
 
 
 class Session:
     """A model under training plus all state needed to continue it exactly."""
 
     def __init__(self, params: Params, branch: str | None = None) -> None:
+        self.params, self.branch = params, branch
+        self.backend, self.tokenizer = setup(params, params.model.parallel)  # first: it quiets megatron's imports
         from megatron.core.optimizer_param_scheduler import OptimizerParamScheduler
 
-        self.params, self.branch = params, branch
-        self.backend, self.tokenizer = setup(params, params.model.parallel)
-        be.seed_everything(self.backend, params.trunk.seed)
+        distributed.seed_everything(self.backend, params.trunk.seed)
         gpt = build_model(params.model, self.backend, self.tokenizer.vocab_size)
         self.model = self.backend.wrap_for_training(gpt)
-        t = params.trunk
-        self.optimizer = self.backend.optimizer(self.model, t)
+        self.optimizer = self.backend.optimizer(self.model, params, branch)
         self.scheduler = OptimizerParamScheduler(self.optimizer, **schedule(params, branch))
-        self.stream = DataStream(params, self.tokenizer, domain_weights(params, t.mixture))
+        self.stream = DataStream(params, self.tokenizer, domain_weights(params, params.trunk.mixture))
         self.position = 0  # next stream sample
         self.step = 0
         self.log: list[dict] = []
@@ -97,23 +97,26 @@ class Session:
         # megatron's scheduler state_dict omits the WSD fields; they are rebuilt from params on load
         scheduler = self.scheduler.state_dict() | {"wsd_decay_steps": self.scheduler.wsd_decay_steps,
                                                    "lr_wsd_decay_style": self.scheduler.lr_wsd_decay_style}
-        return {"step": self.step, "scheduler": scheduler, "rng": be.rng_state(self.backend),
+        return {"step": self.step, "scheduler": scheduler, "rng": distributed.rng_state(self.backend),
                 "data": self.stream.state(self.position)}
 
     def restore(self, directory: str | Path, keep_log: bool = True) -> None:
-        """Continue from a saved model dir (weights, optimizer, scheduler step, RNG, data position)."""
+        """Continue from a saved model dir (weights, optimizer state, scheduler step, RNG, data position).
+        The param groups keep this run's settings (its peak and final LR, weight decay), not the saved run's."""
+        settings = optim.group_settings(self.optimizer)
         state = ckpt.load(directory, self.model, self.optimizer)
+        optim.keep_settings(self.optimizer, settings)
         self.step = int(state["step"])
         self.scheduler.num_steps = 0
         self.scheduler.step(self.step - schedule_origin(self.params, self.branch))
-        be.set_rng_state(self.backend, state["rng"])
+        distributed.set_rng_state(self.backend, state["rng"])
         self.stream = DataStream.from_state(self.params, self.tokenizer, state["data"])
         self.position = int(state["data"]["position"])
         self.log = ckpt.read_log(directory) if keep_log else []
 
     def reset_optimizer(self) -> None:
         """Fresh optimizer state (zero AdamW moments, step count 0): a warm restart. The scheduler keeps its step."""
-        self.optimizer = self.backend.optimizer(self.model, self.params.trunk)
+        self.optimizer = self.backend.optimizer(self.model, self.params, self.branch)
         self.scheduler.optimizer = self.optimizer
         self.scheduler.step(0)  # set the current LR on the new optimizer's groups
 
@@ -147,7 +150,7 @@ class Session:
         opening a new epoch of a domain is a collective (megatron's dataset builder synchronises all ranks),
         which must not happen while another stage waits for activations."""
         t, device = self.params.trunk, self.backend.device
-        replica, replicas = be.data_parallel()
+        replica, replicas = distributed.data_parallel()
         share = t.global_batch_size // replicas
         batches = [self.stream.batch(self.position + m, t.micro_batch_size)
                    for m in range(replica * share, (replica + 1) * share, t.micro_batch_size)]
@@ -173,7 +176,7 @@ class Session:
             tokens, labels = next(batches)
             return token_losses(model, self.backend, tokens, labels), loss_func
 
-        _, replicas = be.data_parallel()
+        _, replicas = distributed.data_parallel()
         logged = get_forward_backward_func()(
             forward_step_func=forward_step, data_iterator=iter(self.micro_batches()), model=self.model,
             num_microbatches=t.global_batch_size // replicas // t.micro_batch_size,
@@ -182,7 +185,7 @@ class Session:
         self.backend.finish_grads(self.model)
         _, grad_norm, _ = self.optimizer.step()
         if replicas > 1:
-            torch.distributed.all_reduce(loss_sum, group=be.data_parallel_group())
+            torch.distributed.all_reduce(loss_sum, group=distributed.data_parallel_group())
         if parallel_state.get_pipeline_model_parallel_world_size() > 1:  # only the last stage has it
             torch.distributed.all_reduce(loss_sum, group=parallel_state.get_pipeline_model_parallel_group())
         self.position += t.global_batch_size

@@ -8,12 +8,15 @@ layer on the last, a contiguous share of the layers on each), initialised as the
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import torch
 import torch.nn.functional as F
-from megatron.core.transformer.dot_product_attention import DotProductAttention
 
 from workflow.params import Model
-from workflow.train.backend import Backend
+
+if TYPE_CHECKING:  # annotations only: backend.py imports this module, not the other way round
+    from workflow.train.backend import Backend
 
 VOCAB_MULTIPLE = 128
 
@@ -123,21 +126,3 @@ def flops_per_token(model: Model, vocab_size: int, attention: bool = True) -> fl
     kv = h // model.num_attention_heads * (model.num_query_groups or model.num_attention_heads)
     per_layer = 2 * h * (h + 2 * kv) + 2 * h * h + 2 * 3 * h * ffn_size(model) + (4 * s * h if attention else 0)
     return 3 * (layers * per_layer + 2 * h * padded_vocab_size(vocab_size))
-
-
-class SDPAttention(DotProductAttention):
-    """Causal core attention through `F.scaled_dot_product_attention` (no CUDA RNG tracker, no buffers).
-
-    Inputs are `[s, b, heads, dim]` (keys/values with `num_query_groups` heads); output `[s, b, heads*dim]`.
-    """
-
-    def forward(self, query, key, value, attention_mask=None, attn_mask_type=None, attention_bias=None,
-                packed_seq_params=None):
-        assert packed_seq_params is None and attention_bias is None, "SDPAttention: packed sequences / bias unsupported"
-        q, k, v = (t.permute(1, 2, 0, 3) for t in (query, key, value))  # [b, h, s, d]
-        out = F.scaled_dot_product_attention(
-            q, k, v, is_causal=True, scale=self.softmax_scale,
-            dropout_p=self.attention_dropout.p if self.training else 0.0,
-            enable_gqa=q.size(1) != k.size(1))
-        s, b = query.size(0), query.size(1)
-        return out.permute(2, 0, 1, 3).reshape(s, b, -1)

@@ -7,13 +7,15 @@ Two ways to run it (same results, bit for bit):
   order, reusing complete ones whose fingerprint matches, retraining stale ones (from the last valid
   checkpoint before them), deleting unlisted ones.
 
-Inside a segment a resume point is saved every `trunk.save_interval` steps under
-`artifacts/.scratch/trunk/step-<N>`; a rerun after a crash (even SIGKILL) continues from it and ends
-with the same weights as an uninterrupted run. A scratch save is used only if its fingerprint matches.
+Each segment goes through the shared runner (`segment.py`): resume points every `trunk.save_interval`
+steps under `artifacts/.scratch/trunk/step-<N>` (a rerun after a crash, even SIGKILL, continues from one
+and ends with the same weights as an uninterrupted run), and the preflight check before its first step.
+Heavy imports (torch, megatron) happen inside the functions: the stage table imports this module.
 """
 
 from __future__ import annotations
 
+import os
 import re
 from pathlib import Path
 from typing import Any
@@ -21,15 +23,13 @@ from typing import Any
 from workflow import paths
 from workflow.params import Params
 
-STEP_DIR = re.compile(r"^step-(\d+)$")
-LEFTOVER = re.compile(r"\.(tmp|old)-\d+$")  # what a killed `atomic_dir` leaves behind
+STEP_DIR = re.compile(r"^step-(\d+)(?:$|\.)")  # a checkpoint dir, or a writer's temporary of one
+Inputs = dict[str, list[str]]
 
 
-def previous(inputs: dict[str, list[str]]) -> int | None:
-    """The step of the checkpoint a segment starts from (None for the first): its `inputs["previous"]`."""
-    if not inputs["previous"]:
-        return None
-    return int(STEP_DIR.match(Path(inputs["previous"][0]).name).group(1))
+def previous(inputs: Inputs) -> int | None:
+    """The step of the checkpoint a segment continues (`inputs["previous"]`; None: it starts from scratch)."""
+    return int(STEP_DIR.match(Path(inputs["previous"][0]).name)[1]) if inputs["previous"] else None
 
 
 def lineage(params: Params, step: int, prev: int | None) -> dict:
@@ -38,16 +38,19 @@ def lineage(params: Params, step: int, prev: int | None) -> dict:
             "warmup_steps": t.warmup_steps, "mixture": t.mixture}
 
 
-def say(message: str) -> None:
-    from workflow.train.loop import is_main
+def segment(params: Params, step: int, prev: int | None, fingerprint: str):
+    from workflow.train import segment as runner
 
-    if is_main():
-        print(message, flush=True)
+    return runner.Segment(model_id=f"trunk-{step}", kind="trunk", end_step=step,
+                          parent=paths.trunk_dir(prev) if prev is not None else None, out=paths.trunk_dir(step),
+                          scratch=paths.scratch_dir("trunk", f"step-{step}"), fingerprint=fingerprint,
+                          lineage=lineage(params, step, prev))
 
 
-def run(params: Params, step: int, *, inputs: dict[str, list[str]]) -> None:
+def run(params: Params, step: int, *, inputs: Inputs) -> None:
     """Train one trunk segment: from `inputs["previous"]` (or from scratch) to `step`."""
     from workflow.train import checkpoint as ckpt
+    from workflow.train import segment as runner
     from workflow.train.loop import Session, setup
 
     setup(params, params.model.parallel)  # process group first: every rank sees the same plan
@@ -58,27 +61,32 @@ def run(params: Params, step: int, *, inputs: dict[str, list[str]]) -> None:
         if problem:
             raise ckpt.CheckpointError(f"cannot train trunk step {step}: previous checkpoint {problem}. "
                                        f"Train it first (`python -m workflow trunk --step {prev}`).")
-    _segment(Session(params), params, step, prev, fingerprint)
+    runner.run(params, Session(params), segment(params, step, prev, fingerprint))
 
 
-def run_all(params: Params, segments: list[tuple[dict[str, Any], dict[str, list[str]]]]) -> None:
+def run_all(params: Params, segments: list[tuple[dict[str, Any], Inputs]]) -> None:
     """Every segment (`[(key, inputs)]` in chain order), reusing complete checkpoints whose fingerprint
     matches and deleting checkpoints the chain no longer lists: DVC's one `trunk` stage."""
+    from workflow.io import remove_stale_temporaries
     from workflow.train import checkpoint as ckpt
-    from workflow.train.loop import Session, is_main, remove_tree, setup
+    from workflow.train import segment as runner
+    from workflow.train.distributed import barrier, is_main
+    from workflow.train.loop import Session, remove_tree, setup
 
     setup(params, params.model.parallel)
     fingerprint = ckpt.fingerprint(params)
     chain = [(key["step"], previous(inputs)) for key, inputs in segments]
     root = Path(paths.trunk_root())
-    listed = {f"step-{s}" for s, _ in chain}
+    listed = {s for s, _ in chain}
     todo = [(s, prev) for s, prev in chain if ckpt.check(paths.trunk_dir(s), fingerprint) is not None]
-    _barrier()  # everyone has judged the checkpoints before rank 0 deletes any
+    barrier()  # everyone has judged the checkpoints before rank 0 deletes any
     if is_main():
-        for entry in sorted(root.iterdir()) if root.is_dir() else []:
-            if entry.name not in listed and (STEP_DIR.match(entry.name) or LEFTOVER.search(entry.name)):
-                print(f"trunk: removing {entry} (not in trunk.checkpoints)")
-                remove_tree(entry)
+        found = {int(m[1]) for m in map(STEP_DIR.match, os.listdir(root) if root.is_dir() else []) if m}
+        for step in sorted(found):
+            remove_stale_temporaries(paths.trunk_dir(step))  # what killed writers left (never a live one's)
+            if step not in listed and Path(paths.trunk_dir(step)).exists():
+                print(f"trunk: removing {paths.trunk_dir(step)} (not in trunk.checkpoints)")
+                remove_tree(paths.trunk_dir(step))
         stale = {s for s, _ in todo}
         for step, _ in chain:
             if step not in stale:
@@ -86,41 +94,7 @@ def run_all(params: Params, segments: list[tuple[dict[str, Any], dict[str, list[
             elif Path(paths.trunk_dir(step)).exists():
                 print(f"trunk-{step}: retraining: {ckpt.check(paths.trunk_dir(step), fingerprint)}")
                 remove_tree(paths.trunk_dir(step))
-    _barrier()
+    barrier()
     session = Session(params) if todo else None
     for step, prev in todo:
-        _segment(session, params, step, prev, fingerprint)
-
-
-def _segment(session: Any, params: Params, step: int, prev: int | None, fingerprint: str) -> None:
-    """Bring `session` to `step` (from scratch save, previous checkpoint or its current state) and save step-N."""
-    from workflow.train import checkpoint as ckpt
-    from workflow.train.loop import is_main, remove_tree
-
-    lineage_ = lineage(params, step, prev)
-    prev = prev or 0
-    model_id = f"trunk-{step}"
-    scratch = paths.scratch_dir("trunk", f"step-{step}")
-    saved = ckpt.read_meta(scratch)["step"] if ckpt.check(scratch, fingerprint) is None else None
-    if saved is not None and max(prev, session.step) < saved < step:
-        say(f"{model_id}: resuming from {scratch} (step {saved})")
-        session.restore(scratch)
-    elif session.step != prev:
-        session.restore(paths.trunk_dir(prev))
-    meta = lambda: session.meta(model_id, "trunk", fingerprint, lineage_)  # noqa: E731
-    session.train_to(step, model_id, scratch, meta)
-    session.save(paths.trunk_dir(step), meta())
-    if is_main():
-        for path in (scratch, paths.trunk_dir(step)):
-            for leftover in Path(path).parent.glob(f"{Path(path).name}.*"):
-                if LEFTOVER.search(leftover.name):  # from killed earlier attempts
-                    remove_tree(leftover)
-        remove_tree(scratch)
-    _barrier()
-
-
-def _barrier() -> None:
-    import torch
-
-    if torch.distributed.is_initialized() and torch.distributed.get_world_size() > 1:
-        torch.distributed.barrier()
+        runner.run(params, session, segment(params, step, prev, fingerprint))
