@@ -19,7 +19,7 @@ from __future__ import annotations
 from workflow.curate import gather, shard, split
 from workflow.curate.common import read_stats
 from workflow.curate.dedup import is_heldout, text_digest
-from workflow.curate.readers import expand_paths
+from workflow.curate.readers import expand_paths, input_entry
 from workflow.params import Params
 from workflow import paths
 
@@ -29,8 +29,9 @@ __all__ = ["run", "ensure_split", "is_heldout", "text_digest"]
 def ensure_shards(params: Params, source: str) -> None:
     for part, path in enumerate(expand_paths(params, source)):
         stats = read_stats(paths.curate_shard_dir(source, part))
-        if stats is None or stats.get("fingerprint") != shard.shard_fingerprint(params, source, path):
-            shard.run(params, source, part)
+        entry = input_entry(path)  # a remote file: one HEAD, its body is read only when it changed
+        if stats is None or stats.get("fingerprint") != shard.shard_fingerprint(params, source, entry):
+            shard.run(params, source, part, entry)
 
 
 def ensure_split(params: Params, source: str) -> None:

@@ -64,17 +64,6 @@ class ShardWriter:
         self._out.close()
 
 
-def file_fingerprint(path: str) -> str:
-    """Content hash of an input file (xxh3-128; reads at memory speed)."""
-    from workflow.curate.readers import _open_raw
-
-    h = xxhash.xxh3_128()
-    with _open_raw(path) as f:
-        while chunk := f.read(1 << 22):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def fingerprint(*parts: Any) -> str:
     return xxhash.xxh3_128_hexdigest(json.dumps(parts, sort_keys=True, default=str).encode())
 

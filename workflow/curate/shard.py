@@ -4,7 +4,8 @@
         docs.jsonl.zst   surviving documents {id, text, meta}, in input order
         digests.npy      (N, 16) uint8 content digests (exact dedup, held-out split)
         minhash.npy      (N, buckets*hashes) uint32 MinHash signatures (when near_dedup is on)
-        stats.json       docs_in, bytes_in, invalid, dropped (+ reasons), fingerprint, files (checksums)
+        stats.json       input (what was read: {url, size, etag | version_id | xxh3 ...}), docs_in, bytes_in,
+                         invalid, dropped (+ reasons), fingerprint, files (checksums)
 
 `part` indexes the sorted matches of `sources.<source>.paths`. Memory is bounded by the shard's
 surviving-document count (16 + 448 bytes each), never by the corpus.
@@ -20,19 +21,20 @@ import numpy as np
 
 from workflow import paths
 from workflow.curate.blocks import Pipeline, build_steps
-from workflow.curate.common import JsonlZst, file_fingerprint, fingerprint, source_settings, write_stats
+from workflow.curate.common import JsonlZst, fingerprint, source_settings, write_stats
 from workflow.curate.dedup import MinHasher, text_digest
-from workflow.curate.readers import InvalidLog, Reader, display_path, expand_paths, file_size
+from workflow.curate.readers import InvalidLog, Reader, display_path, expand_paths, input_entry
 from workflow.io import atomic_dir
 from workflow.params import Params, ParamsError
 
 
-def shard_fingerprint(params: Params, source: str, path: str) -> str:
-    return fingerprint("shard", source_settings(params, source), display_path(path), file_fingerprint(path))
+def shard_fingerprint(params: Params, source: str, entry: dict) -> str:
+    """Of the settings and the input's identity (`readers.input_entry`): a remote file is not read to decide."""
+    return fingerprint("shard", source_settings(params, source), entry)
 
 
-def curate_file(params: Params, source: str, path: str, out: Path, progress: bool = True) -> dict:
-    """Filter one file into `out` (an existing empty directory); returns the shard's stats."""
+def curate_file(params: Params, source: str, path: str, out: Path, entry: dict, progress: bool = True) -> dict:
+    """Filter one file (whose `input_entry` is `entry`) into `out`, an existing empty directory; returns the shard's stats."""
     src, cfg = params.sources[source], params.curation
     pipeline = Pipeline(build_steps(cfg, src.curation_steps(cfg)))
     hasher = MinHasher(cfg.near_dedup) if cfg.near_dedup else None
@@ -44,11 +46,11 @@ def curate_file(params: Params, source: str, path: str, out: Path, progress: boo
     signatures: list[np.ndarray] = []
     from tqdm import tqdm
 
-    bar = tqdm(total=file_size(path), unit="B", unit_scale=True, unit_divisor=1024, file=sys.stderr,
+    bar = tqdm(total=entry["size"], unit="B", unit_scale=True, unit_divisor=1024, file=sys.stderr,
                desc=f"curate {source} {display_path(path)}", disable=None if progress else True, mininterval=1.0)
     writer = JsonlZst(out / "docs.jsonl.zst")
     try:
-        for doc in reader.read(path, bar.update):
+        for doc in reader.read(path, entry, bar.update):
             verdict = pipeline(doc)
             if verdict is not None:
                 dropped[verdict[0]] += 1
@@ -71,6 +73,7 @@ def curate_file(params: Params, source: str, path: str, out: Path, progress: boo
         np.save(out / "minhash.npy", np.stack(signatures) if signatures else np.zeros((0, width), dtype=np.uint32))
     return {
         "file": display_path(path),
+        "input": entry,
         "docs_in": reader.docs_in,
         "bytes_in": reader.bytes_in,
         "docs": len(digests),
@@ -81,15 +84,17 @@ def curate_file(params: Params, source: str, path: str, out: Path, progress: boo
     }
 
 
-def run(params: Params, source: str, part: int) -> None:
-    """Write `paths.curate_shard_dir(source, part)` (atomic, deterministic)."""
+def run(params: Params, source: str, part: int, entry: dict | None = None) -> None:
+    """Write `paths.curate_shard_dir(source, part)` (atomic, deterministic); `entry`: the input's `input_entry`
+    when the caller has it."""
     files = expand_paths(params, source)
     if not 0 <= part < len(files):
         raise ParamsError(f"sources.{source}.paths: part {part} does not exist (the patterns match {len(files)} files)")
     path = files[part]
+    entry = entry or input_entry(path)
     with atomic_dir(paths.curate_shard_dir(source, part)) as tmp:
-        stats = curate_file(params, source, path, tmp)
-        stats["fingerprint"] = shard_fingerprint(params, source, path)
+        stats = curate_file(params, source, path, tmp, entry)
+        stats["fingerprint"] = shard_fingerprint(params, source, entry)
         write_stats(tmp, stats)
     print(f"curate-shard {source} {stats['file']}: {stats['docs_in']:,} in -> {stats['docs']:,} kept; "
           f"invalid {sum(stats['invalid'].values()):,}, dropped {stats['dropped']}")
