@@ -18,6 +18,8 @@ import subprocess
 import time
 from pathlib import Path
 
+from tests.apt import Unavailable, ensure  # noqa: F401 - Unavailable is this module's error too
+
 PACKAGES = ["slurmctld", "slurmd", "slurm-client", "munge"]
 BINARIES = ["slurmctld", "slurmd", "munged", "sbatch", "squeue", "sinfo", "srun"]
 SLURM_CONF = Path("/etc/slurm/slurm.conf")
@@ -25,8 +27,6 @@ MUNGE_PID = Path("/run/munge/munged.pid")
 LOCK = Path("/tmp/arbor-test-slurm.lock")  # one test cluster per machine: the config path is global
 
 
-class Unavailable(Exception):
-    """The SLURM packages are missing and cannot be installed here; the message says why."""
 
 
 class StartError(RuntimeError):
@@ -55,16 +55,7 @@ def _read_pid(path: Path) -> int | None:
 
 def install() -> None:
     """apt-get the Debian packages when a binary is missing; Unavailable when that cannot be done."""
-    missing = [b for b in BINARIES if shutil.which(b) is None and not Path("/usr/sbin", b).exists()]
-    if not missing:
-        return
-    if os.geteuid() != 0 or shutil.which("apt-get") is None:
-        raise Unavailable(f"{', '.join(missing)} missing and cannot be installed (needs root and apt-get)")
-    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-    for cmd in (["apt-get", "update", "-qq"], ["apt-get", "install", "-y", "-qq", *PACKAGES]):
-        proc = _sh(cmd, env=env)
-        if proc.returncode != 0:
-            raise Unavailable(f"`{' '.join(cmd)}` failed ({proc.returncode}): {proc.stderr.strip()[-500:]}")
+    ensure(BINARIES, PACKAGES)
 
 
 def slurm_conf(state: Path) -> str:
