@@ -176,12 +176,18 @@ def describe(url: str) -> dict:
 
 
 class RangeReader(io.RawIOBase):
-    """The bytes of `entry["url"]` through ranged requests; each is retried and resumed where it failed,
-    after checking the object is still the one `entry` describes."""
+    """The bytes of `entry["url"]` through ranged requests of at most CHUNK bytes; each is retried and resumed
+    where it failed, after checking the object is still the one `entry` describes. While the caller reads
+    sequentially, the next range is fetched in the background (fetching overlaps parsing)."""
 
     def __init__(self, entry: dict):
+        from concurrent.futures import ThreadPoolExecutor
+
         self.entry, self.size, self.pos = entry, entry["size"], 0
         self.fs, self.path = _fs(entry["url"])
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="arbor-read-ahead")
+        self._ahead = None  # (start, Future of the bytes from start)
+        self._last_end = 0  # where the previous read ended: a read starting there is sequential
 
     def readable(self) -> bool:
         return True
@@ -197,14 +203,26 @@ class RangeReader(io.RawIOBase):
         return self.pos
 
     def readinto(self, buf) -> int:
-        start, end = self.pos, min(self.pos + len(buf), self.pos + CHUNK, self.size)
-        if end <= start:
+        start = self.pos
+        if start >= self.size:
             return 0
-        data = call(self.entry["url"], f"reading bytes {start}-{end} of {self.size}",
-                    lambda: self._range(start, end), before_retry=lambda: check_unchanged(self.entry))
+        ahead, self._ahead = self._ahead, None
+        sequential = start == self._last_end
+        if ahead is not None and ahead[0] == start:
+            data = ahead[1].result()[:len(buf)]
+        else:
+            if ahead is not None:
+                ahead[1].cancel()
+            data = self._fetch(start, min(start + len(buf), start + CHUNK, self.size))
+        self.pos = self._last_end = end = start + len(data)
         buf[:len(data)] = data
-        self.pos = end
+        if sequential and end < self.size:
+            self._ahead = (end, self._pool.submit(self._fetch, end, min(end + CHUNK, self.size)))
         return len(data)
+
+    def _fetch(self, start: int, end: int) -> bytes:
+        return call(self.entry["url"], f"reading bytes {start}-{end} of {self.size}",
+                    lambda: self._range(start, end), before_retry=lambda: check_unchanged(self.entry))
 
     def _range(self, start: int, end: int) -> bytes:
         data = self.fs.cat_file(self.path, start=start, end=end)
@@ -214,6 +232,13 @@ class RangeReader(io.RawIOBase):
         if len(data) < end - start:
             raise _ShortRead(f"got {len(data)} of {end - start} bytes")
         return data
+
+    def close(self) -> None:
+        if self._ahead is not None:
+            self._ahead[1].cancel()
+            self._ahead = None
+        self._pool.shutdown(wait=False, cancel_futures=True)
+        super().close()
 
 
 def check_unchanged(entry: dict) -> None:
