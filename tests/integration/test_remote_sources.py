@@ -20,7 +20,7 @@ from tests.conftest import ROOT
 from tests.servers import FlakyProxy
 from workflow import curate, paths
 from workflow.curate import remote, shard
-from workflow.curate.readers import InvalidLog, Reader, input_entry
+from workflow.curate.readers import InvalidLog, Reader, input_entry, remote_manifest, write_manifest
 from workflow.io import read_json, read_jsonl
 from workflow.params import parse_params
 
@@ -286,3 +286,23 @@ def test_s3_read_403_with_config_file_credentials_is_one_line(corpus, s3, tmp_pa
     url = f"s3://{BUCKET}/web/part-000.jsonl.zst"
     assert len(lines) == 1 and lines[0].startswith(f"error: [curate-shard] {url}: access denied (403, stat)"), proc.stderr
     assert not any(study.glob("artifacts/.curate/web/shard-*/*.zst"))
+
+
+def test_remote_manifest_moves_only_when_an_object_changes(corpus, s3, tmp_path):
+    """What the engines can track for remote inputs: the manifest file is rewritten (mtime and bytes) only
+    when an object's ETag or size changed."""
+    key, client = "manifest/doc.jsonl.zst", s3.client()
+    body = zst_lines([{"id": "m1", "text": "The manifest test document, first version."}])
+    client.put_object(Bucket=BUCKET, Key=key, Body=body)
+    params = make_params(f"s3://{BUCKET}/manifest/*.jsonl.zst", str(corpus / "web/part-000.jsonl.zst"))
+    entries = remote_manifest(params, "web")
+    head = client.head_object(Bucket=BUCKET, Key=key)
+    assert entries == [{"url": f"s3://{BUCKET}/{key}", "size": head["ContentLength"], "etag": head["ETag"]}]  # local: none
+    target = tmp_path / "inputs.json"
+    assert write_manifest(entries, target)
+    mtime = target.stat().st_mtime_ns
+    client.put_object(Bucket=BUCKET, Key=key, Body=body)  # the same bytes again: same ETag
+    assert not write_manifest(remote_manifest(params, "web"), target) and target.stat().st_mtime_ns == mtime
+    client.put_object(Bucket=BUCKET, Key=key, Body=body + body)
+    assert write_manifest(remote_manifest(params, "web"), target)
+    assert json.loads(target.read_text())[0]["etag"] == client.head_object(Bucket=BUCKET, Key=key)["ETag"] != head["ETag"]
