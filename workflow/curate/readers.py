@@ -187,7 +187,8 @@ class Reader:
 
     Invalid reasons: blank_line, invalid_utf8, bad_json, not_object, missing_text, null_text,
     non_string_text, empty_text, too_large, unreadable_file (a truncated or corrupt file: what
-    was read is kept, the rest counts once).
+    was read is kept, the rest counts once). A remote file that cannot be fetched (after retries)
+    is no invalid input: RemoteError stops the stage, so no shard is written from part of it.
     """
 
     def __init__(self, source: str, text_key: str, id_key: str | None, max_doc_bytes: int, invalid: InvalidLog):
