@@ -19,6 +19,9 @@ from pydantic import BaseModel, ConfigDict, Field, StringConstraints, Validation
 NAME_PATTERN = r"^[a-z0-9][a-z0-9_-]*$"
 Name = Annotated[str, StringConstraints(pattern=NAME_PATTERN, max_length=64)]
 PositiveInt = Annotated[int, Field(gt=0)]
+# A URL that carries a secret: `scheme://user:password@host/...` or a signed / token query string.
+URL_SECRET = re.compile(r"^[a-z][a-z0-9+.-]*://[^/@?#]*:[^/@?#]*@|[?&](x-amz-credential|x-amz-signature|x-goog-credential|"
+                        r"x-goog-signature|sig|token|access_token|api_key)=", re.IGNORECASE)
 MODEL_ID = re.compile(r"^(trunk)-(\d+)$|^(decay|merge)-([a-z0-9][a-z0-9_-]*)$")
 
 
@@ -34,8 +37,17 @@ class Source(Section):
     paths: list[str] = Field(min_length=1, description="Glob patterns (relative to the repo root, or fsspec URLs) of raw jsonl, jsonl.gz, jsonl.zst or parquet files.")
     domain: Name = Field(description="Domain tag; one source per domain. Names the token files and held-out metrics.")
     text_key: str = Field("text", min_length=1, description="JSON key holding the document text.")
-    id_key: str | None = Field(None, description="JSON key holding a document id; a stable hash is used when absent.")
+    id_key: str | None = Field("id", description="JSON key (parquet column) holding a document's id, `id` as in datatrove; a document without it gets a stable hash of source, path and line; null hashes every document.")
     steps: dict[str, Any] = Field(default_factory=dict, description="Per-source overrides of `curation.steps` (same schema): each step named here replaces the global one, null switches it off, e.g. `{gopher_quality: null}` for code. Unnamed steps follow `curation.steps`.")
+
+    @model_validator(mode="after")
+    def _no_secrets(self) -> "Source":
+        for i, path in enumerate(self.paths):
+            if URL_SECRET.search(path):
+                raise ValueError(f"paths.{i}: the URL carries credentials; params.yaml is committed and recorded in "
+                                 "stats.json: give them through the environment or config files (AWS_* or ~/.aws for "
+                                 "s3://, HF_TOKEN for hf://) and drop them from the URL")
+        return self
 
     @model_validator(mode="after")
     def _steps_schema(self) -> "Source":

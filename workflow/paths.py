@@ -107,3 +107,10 @@ def resolved_params() -> str:
 def stage_dependencies() -> str:
     """Each DVC stage's dependency and key lists (`python -m workflow resolve`), tracked by that stage."""
     return f"{ARTIFACTS}/dependencies.json"
+
+
+def remote_stand_in(url: str) -> str:
+    """The local file Snakemake tracks for a remote input (its size and ETag), named by a hash of the URL."""
+    import hashlib
+
+    return f"{ARTIFACTS}/.remote/{hashlib.sha1(url.encode()).hexdigest()[:16]}.json"

@@ -21,6 +21,8 @@ import subprocess
 import time
 from pathlib import Path
 
+from tests.apt import Unavailable, ensure  # noqa: F401 - Unavailable is this module's error too
+
 PACKAGES = ["slurmctld", "slurmd", "slurm-client", "munge"]
 BINARIES = ["slurmctld", "slurmd", "munged", "sbatch", "squeue", "sinfo", "srun"]
 SLURM_CONF = Path("/etc/slurm/slurm.conf")
@@ -29,8 +31,6 @@ LOCK = Path("/tmp/arbor-test-slurm.lock")
 SLURMD_PORT = 17001  # node i listens on SLURMD_PORT + i  # one test cluster per machine: the config path is global
 
 
-class Unavailable(Exception):
-    """The SLURM packages are missing and cannot be installed here; the message says why."""
 
 
 class StartError(RuntimeError):
@@ -59,16 +59,7 @@ def _read_pid(path: Path) -> int | None:
 
 def install() -> None:
     """apt-get the Debian packages when a binary is missing; Unavailable when that cannot be done."""
-    missing = [b for b in BINARIES if shutil.which(b) is None and not Path("/usr/sbin", b).exists()]
-    if not missing:
-        return
-    if os.geteuid() != 0 or shutil.which("apt-get") is None:
-        raise Unavailable(f"{', '.join(missing)} missing and cannot be installed (needs root and apt-get)")
-    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-    for cmd in (["apt-get", "update", "-qq"], ["apt-get", "install", "-y", "-qq", *PACKAGES]):
-        proc = _sh(cmd, env=env)
-        if proc.returncode != 0:
-            raise Unavailable(f"`{' '.join(cmd)}` failed ({proc.returncode}): {proc.stderr.strip()[-500:]}")
+    ensure(BINARIES, PACKAGES)
 
 
 def node_names(count: int) -> list[str]:

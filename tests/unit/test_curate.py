@@ -5,6 +5,7 @@ from __future__ import annotations
 import gzip
 import hashlib
 import json
+import re
 import shutil
 from pathlib import Path
 
@@ -161,6 +162,29 @@ def test_id_key_and_meta(tmp_path, monkeypatch):
     assert recs[0]["meta"]["origin"] == "raw/a.jsonl:1"
     assert recs[1]["id"] and recs[1]["id"] != "doc-1"  # hash fallback when the key is absent
     assert load_split("heldout") == []
+
+
+def test_ids_default_to_the_id_field(tmp_path, monkeypatch):
+    """No `id_key` in the source: the `id` field is kept (datatrove's convention); a document without one gets
+    a hash of source, path and line, the same on every run; `id_key: null` hashes every document."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    monkeypatch.chdir(tmp_path)
+    write_lines(tmp_path / "raw/a.jsonl", [doc(VALID[0], id="doc-1"), doc(VALID[1]), doc(VALID[2], id=7),
+                                           doc(VALID[3], id="")])
+    pq.write_table(pa.table({"id": ["pq-1", None], "text": VALID[4:6]}), tmp_path / "raw/b.parquet")
+    source = {"paths": ["raw/a.jsonl", "raw/b.parquet"], "domain": "web"}
+    stages.build(make_params(sources={"web": source}, heldout_fraction=0.0), "curate", source="web")
+    ids = {r["text"]: r["id"] for r in load_split("train")}
+    assert ids[VALID[0]] == "doc-1" and ids[VALID[2]] == "7" and ids[VALID[4]] == "pq-1"
+    hashed = [ids[VALID[i]] for i in (1, 3, 5)]
+    assert all(re.fullmatch(r"[0-9a-f]{20}", h) for h in hashed) and len(set(hashed)) == 3
+    shutil.rmtree(paths.ARTIFACTS)
+    stages.build(make_params(sources={"web": source}, heldout_fraction=0.0), "curate", source="web")
+    assert {r["text"]: r["id"] for r in load_split("train")} == ids
+    stages.build(make_params(sources={"web": {**source, "id_key": None}}, heldout_fraction=0.0), "curate", source="web")
+    assert all(re.fullmatch(r"[0-9a-f]{20}", r["id"]) for r in load_split("train"))
 
 
 def test_parquet_and_text_key(tmp_path, monkeypatch):

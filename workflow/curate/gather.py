@@ -3,7 +3,8 @@
     artifacts/curated/<source>/
         part-*.jsonl.zst           training documents {id, domain, text, meta}
         heldout/part-*.jsonl.zst   the held-out split (copied from curate_split)
-        stats.json                 docs_in, docs_out, bytes_in, bytes_out, heldout_*, invalid, dropped,
+        stats.json                 inputs (each file read: {url, size, etag | version_id | xxh3}),
+                                   docs_in, docs_out, bytes_in, bytes_out, heldout_*, invalid, dropped,
                                    duplicates {exact, near}, decontaminated, files (checksums of the shards);
                                    no timings (byte-identical reruns)
 
@@ -89,7 +90,7 @@ def run(params: Params, source: str, *, inputs: dict[str, list[str]]) -> None:
             for reason, where in s["invalid_examples"].items():
                 examples[reason] = (examples.get(reason, []) + where)[:5]
         stats = {
-            "source": source, "domain": src.domain, "files": [s["file"] for s in shard_stats],
+            "source": source, "domain": src.domain, "inputs": [s["input"] for s in shard_stats],
             "docs_in": sum(s["docs_in"] for s in shard_stats), "docs_out": writer.docs,
             "heldout_docs": split_stats["heldout_docs"],
             "bytes_in": sum(s["bytes_in"] for s in shard_stats), "bytes_out": writer.bytes,

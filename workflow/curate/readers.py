@@ -1,12 +1,16 @@
 """Readers: raw files -> valid `Document`s, every other line counted under a named reason.
 
 Formats by extension: `.jsonl`/`.json` (optionally `.gz`/`.zst`) and `.parquet`. Paths are local
-globs or fsspec URLs (`file://`, `s3://`, ... whatever fsspec has a filesystem for). A document
-without an id gets a stable one: a hash of source, path and line.
+globs or fsspec URLs (`s3://`, `hf://`, `https://`, ...; `workflow.curate.remote` lists and streams
+those). Each file read is recorded as an entry `{url, size, <identity>}`: a local file's identity is
+its xxh3 content hash, a remote one's its ETag, version id or modification time. A document's id is
+its `id_key` field (default `id`, as in datatrove); one without it gets a stable hash of source,
+path and line.
 """
 
 from __future__ import annotations
 
+import glob
 import gzip
 import hashlib
 import json
@@ -17,8 +21,11 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import IO, TYPE_CHECKING
 
+import xxhash
 import zstandard
 
+from workflow.curate import remote
+from workflow.io import atomic_file
 from workflow.params import Params, ParamsError
 
 if TYPE_CHECKING:
@@ -27,19 +34,10 @@ if TYPE_CHECKING:
 LOG_SAMPLES = 5  # offending lines logged (and kept in stats.json) per invalid reason
 
 
-def _is_url(path: str) -> bool:
-    return "://" in path
-
-
 def match_pattern(pattern: str) -> list[str]:
-    """Files matching one `sources.<s>.paths` entry (a local glob or an fsspec URL), sorted."""
-    if _is_url(pattern):
-        import fsspec
-
-        fs, _, found = fsspec.get_fs_token_paths(pattern)
-        return sorted(fs.unstrip_protocol(p) for p in found if fs.isfile(p))
-    import glob
-
+    """Files matching one `sources.<s>.paths` entry (a local glob, or an fsspec URL listed remotely), sorted."""
+    if remote.is_url(pattern):
+        return remote.expand(pattern)
     return sorted(p for p in glob.glob(pattern, recursive=True) if os.path.isfile(p))
 
 
@@ -49,21 +47,59 @@ def source_files(params: Params, source: str) -> list[str]:
 
 
 def expand_paths(params: Params, source: str) -> list[str]:
-    """`source_files`; ParamsError when a pattern matches no file."""
+    """`source_files`, with a ParamsError when a pattern matches no file."""
     if source not in params.sources:
         raise ParamsError(f"sources.{source}: unknown source; declared sources are {sorted(params.sources)}")
+    found: set[str] = set()
     for i, pattern in enumerate(params.sources[source].paths):
-        if not match_pattern(pattern):
+        matched = match_pattern(pattern)
+        if not matched:
+            where = "on the server" if remote.is_url(pattern) else f"relative to {os.getcwd()}"
             raise ParamsError(f"sources.{source}.paths.{i}: pattern '{pattern}' matches no file "
-                              f"(relative to {os.getcwd()}); fix the glob or create the data")
-    return source_files(params, source)
+                              f"({where}); fix the glob or create the data")
+        found.update(matched)
+    return sorted(found)
 
 
 def display_path(path: str) -> str:
-    if _is_url(path):
+    if remote.is_url(path):
         return path
     rel = os.path.relpath(path)
     return Path(rel if not rel.startswith("..") else os.path.abspath(path)).as_posix()
+
+
+def input_entry(path: str) -> dict:
+    """What identifies an input file's bytes: `remote.describe` (one HEAD), or `{url, size, xxh3}` with the
+    content hashed (a local file, or a remote one whose server reports no ETag, version or date)."""
+    if remote.is_url(path):
+        entry = remote.describe(path)
+        if len(entry) > 2:
+            return entry
+    else:
+        entry = {"url": display_path(path), "size": os.path.getsize(path)}
+    h = xxhash.xxh3_128()
+    with open_input(path, entry) as f:
+        while chunk := f.read(1 << 22):
+            h.update(chunk)
+    return {**entry, "xxh3": h.hexdigest()}
+
+
+def remote_manifest(params: Params, source: str) -> list[dict]:
+    """`remote.describe` of each remote input file of `source`, in shard order (local files: none, the
+    engines track those themselves). One listing per pattern and one HEAD per file, no body read."""
+    return [remote.describe(f) for f in expand_paths(params, source) if remote.is_url(f)]
+
+
+def write_manifest(entries: list[dict], path: str | Path) -> bool:
+    """Write `entries` as JSON at `path` only when they differ from what it holds, so its mtime and
+    content move only when a remote object changed; True when it wrote."""
+    text = json.dumps(entries, indent=1, sort_keys=True) + "\n"
+    path = Path(path)
+    if path.is_file() and path.read_text() == text:
+        return False
+    with atomic_file(path) as f:
+        f.write(text)
+    return True
 
 
 class InvalidLog:
@@ -121,25 +157,15 @@ def _lines(chunks: Iterator[bytes]) -> Iterator[bytes]:
         yield b"".join(pending)
 
 
-def _open_raw(path: str) -> IO[bytes]:
-    if _is_url(path):
-        import fsspec
-
-        return fsspec.open(path, "rb").open()
+def open_input(path: str, entry: dict | None = None) -> IO[bytes]:
+    """A binary file of `path`; a remote one streams in ranges, pinned to `entry` (`input_entry`) when given."""
+    if remote.is_url(path):
+        return remote.open_url(entry or remote.describe(path))
     return open(path, "rb")
 
 
-def file_size(path: str) -> int:
-    if _is_url(path):
-        import fsspec
-
-        fs, p = fsspec.core.url_to_fs(path)
-        return int(fs.size(p))
-    return os.path.getsize(path)
-
-
-def _json_lines(path: str) -> tuple[Iterator[bytes], IO[bytes]]:
-    raw = _open_raw(path)
+def _json_lines(path: str, entry: dict | None = None) -> tuple[Iterator[bytes], IO[bytes]]:
+    raw = open_input(path, entry)
     if path.endswith(".zst"):
         return _lines(_zst_chunks(raw)), raw
     if path.endswith(".gz"):
@@ -147,10 +173,10 @@ def _json_lines(path: str) -> tuple[Iterator[bytes], IO[bytes]]:
     return iter(raw), raw
 
 
-def _parquet_records(path: str, text_key: str, id_key: str | None) -> Iterator[dict]:
+def _parquet_records(path: str, entry: dict, text_key: str, id_key: str | None) -> Iterator[dict]:
     import pyarrow.parquet as pq
 
-    with _open_raw(path) as raw:
+    with open_input(path, entry) as raw:
         pf = pq.ParquetFile(raw)
         names = set(pf.schema_arrow.names)
         columns = [c for c in (text_key, id_key, "meta") if c and c in names]
@@ -163,7 +189,8 @@ class Reader:
 
     Invalid reasons: blank_line, invalid_utf8, bad_json, not_object, missing_text, null_text,
     non_string_text, empty_text, too_large, unreadable_file (a truncated or corrupt file: what
-    was read is kept, the rest counts once).
+    was read is kept, the rest counts once). A remote file that cannot be fetched (after retries)
+    is no invalid input: RemoteError stops the stage, so no shard is written from part of it.
     """
 
     def __init__(self, source: str, text_key: str, id_key: str | None, max_doc_bytes: int, invalid: InvalidLog):
@@ -172,19 +199,21 @@ class Reader:
         self.docs_in = 0
         self.bytes_in = 0
 
-    def read(self, path: str, progress: Callable[[int], None] = lambda n: None) -> Iterator[Document]:
+    def read(self, path: str, entry: dict, progress: Callable[[int], None] = lambda n: None) -> Iterator[Document]:
+        """Documents of `path`, whose `input_entry` is `entry` (a remote file must still match it at the end:
+        RemoteError otherwise, like any remote failure that retries did not cure)."""
         shown = display_path(path)
         lineno = 0
         try:
             if path.endswith(".parquet"):
-                for lineno, record in enumerate(_parquet_records(path, self.text_key, self.id_key), start=1):
+                for lineno, record in enumerate(_parquet_records(path, entry, self.text_key, self.id_key), start=1):
                     self.docs_in += 1
                     doc = self._document(record, shown, lineno)
                     if doc is not None:
                         self.bytes_in += len(doc.text.encode("utf-8"))
                         yield doc
             else:
-                lines, raw = _json_lines(path)
+                lines, raw = _json_lines(path, entry)
                 done = 0
                 with raw:
                     for lineno, line in enumerate(lines, start=1):
@@ -200,6 +229,8 @@ class Reader:
         except (TruncatedInput, zstandard.ZstdError, EOFError, OSError, ValueError) as err:
             self.docs_in += 1
             self.invalid("unreadable_file", f"{shown}:{lineno + 1}", f"{type(err).__name__}: {err}")
+        if remote.is_url(path):
+            remote.check_unchanged(entry)
         progress(0)
 
     def _parse(self, line: bytes, shown: str, lineno: int) -> Document | None:
@@ -246,7 +277,7 @@ class Reader:
             self.invalid("too_large", where, f"{size} bytes > curation.max_doc_bytes={self.max_doc_bytes}")
             return None
         doc_id = record.get(self.id_key) if self.id_key else None
-        if doc_id is None or isinstance(doc_id, (dict, list)):
+        if doc_id is None or doc_id == "" or isinstance(doc_id, (dict, list)):
             doc_id = hashlib.sha1(f"{self.source}\0{shown}\0{lineno}".encode()).hexdigest()[:20]
         meta = record.get("meta")
         meta = dict(meta) if isinstance(meta, dict) else {}

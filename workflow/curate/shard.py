@@ -4,7 +4,8 @@
         docs.jsonl.zst   surviving documents {id, text, meta}, in input order
         digests.npy      (N, 16) uint8 content digests (exact dedup, held-out split)
         minhash.npy      (N, buckets*hashes) uint32 MinHash signatures (when near_dedup is on)
-        stats.json       docs_in, bytes_in, invalid, dropped (+ reasons), files (checksums)
+        stats.json       input (what was read: {url, size, etag | version_id | xxh3 ...}), docs_in, bytes_in,
+                         invalid, dropped (+ reasons), files (checksums)
 
 `part` indexes the sorted matches of `sources.<source>.paths`. Memory is bounded by the shard's
 surviving-document count (16 + 448 bytes each), never by the corpus.
@@ -21,13 +22,13 @@ import numpy as np
 from workflow import paths
 from workflow.curate.common import JsonlZst, write_stats
 from workflow.curate.dedup import MinHasher, text_digest
-from workflow.curate.readers import InvalidLog, Reader, display_path, file_size
+from workflow.curate.readers import InvalidLog, Reader, display_path, input_entry
 from workflow.io import atomic_dir
 from workflow.params import Params, ParamsError
 
 
-def curate_file(params: Params, source: str, path: str, out: Path, progress: bool = True) -> dict:
-    """Filter one file into `out` (an existing empty directory); returns the shard's stats."""
+def curate_file(params: Params, source: str, path: str, out: Path, entry: dict, progress: bool = True) -> dict:
+    """Filter one file (whose `input_entry` is `entry`) into `out`, an existing empty directory; returns the shard's stats."""
     from workflow.curate.blocks import Pipeline, build_steps
 
     src, cfg = params.sources[source], params.curation
@@ -41,11 +42,11 @@ def curate_file(params: Params, source: str, path: str, out: Path, progress: boo
     signatures: list[np.ndarray] = []
     from tqdm import tqdm
 
-    bar = tqdm(total=file_size(path), unit="B", unit_scale=True, unit_divisor=1024, file=sys.stderr,
+    bar = tqdm(total=entry["size"], unit="B", unit_scale=True, unit_divisor=1024, file=sys.stderr,
                desc=f"curate {source} {display_path(path)}", disable=None if progress else True, mininterval=1.0)
     writer = JsonlZst(out / "docs.jsonl.zst")
     try:
-        for doc in reader.read(path, bar.update):
+        for doc in reader.read(path, entry, bar.update):
             verdict = pipeline(doc)
             if verdict is not None:
                 dropped[verdict[0]] += 1
@@ -68,6 +69,7 @@ def curate_file(params: Params, source: str, path: str, out: Path, progress: boo
         np.save(out / "minhash.npy", np.stack(signatures) if signatures else np.zeros((0, width), dtype=np.uint32))
     return {
         "file": display_path(path),
+        "input": entry,
         "docs_in": reader.docs_in,
         "bytes_in": reader.bytes_in,
         "docs": len(digests),
@@ -84,8 +86,9 @@ def run(params: Params, source: str, part: str, *, inputs: dict[str, list[str]])
     if "://" not in path and not Path(path).is_file():
         raise ParamsError(f"sources.{source}.paths: '{path}' matches no file (relative to {Path.cwd()}); "
                           "fix the glob or create the data")
+    entry = input_entry(path)  # what is read: url, size, etag (or a local file's hash)
     with atomic_dir(paths.curate_shard_dir(source, part)) as tmp:
-        stats = curate_file(params, source, path, tmp)
+        stats = curate_file(params, source, path, tmp, entry)
         write_stats(tmp, stats)
     print(f"curate_shard {source} {stats['file']}: {stats['docs_in']:,} in -> {stats['docs']:,} kept; "
           f"invalid {sum(stats['invalid'].values()):,}, dropped {stats['dropped']}")

@@ -10,7 +10,7 @@ import json
 from collections.abc import Callable
 from typing import Any
 
-from workflow import stages
+from workflow import paths, stages
 from workflow.params import JobResources, Params
 from workflow.train import launch
 
@@ -32,12 +32,24 @@ def wildcards_key(stage: stages.Stage, wildcards: Any) -> dict[str, Any]:
     return stage.typed({k: getattr(wildcards, k) for k in stage.key_names})
 
 
+def remote_stand_in(url: str) -> str:
+    """A local file standing in for a remote input (Snakemake sees no mtime of `s3://`/`https://` objects): its
+    `{url, size, etag | version | date}`, rewritten only when the object changed (one HEAD per DAG build). DVC
+    tracks the URL itself (its ETag); the stage reads the URL."""
+    from workflow.curate import readers, remote
+
+    path = paths.remote_stand_in(url)
+    readers.write_manifest([remote.describe(url)], path)
+    return path
+
+
 def inputs(params: Params, name: str) -> Callable[[Any], dict[str, list[str]]]:
-    """The rule's input function: named lists of paths (`unpack()` them)."""
+    """The rule's input function: named lists of paths (`unpack()` them); remote inputs by their stand-ins."""
     stage = stages.STAGES[name]
 
     def function(wildcards: Any) -> dict[str, list[str]]:
-        return stage.inputs(params, **wildcards_key(stage, wildcards))
+        named = stage.inputs(params, **wildcards_key(stage, wildcards))
+        return {k: [remote_stand_in(p) if "://" in p else p for p in v] for k, v in named.items()}
 
     function.__name__ = f"{name}_inputs"
     return function
