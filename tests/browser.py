@@ -19,6 +19,8 @@ import subprocess
 import time
 from pathlib import Path
 
+from tests.servers import Process
+
 FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
          "--disable-background-networking", "--disable-component-update", "--disable-sync",
          "--hide-scrollbars", "--window-size=1200,900", "--remote-debugging-port=0", "about:blank"]
@@ -33,7 +35,7 @@ CHECK_IMAGES = """JSON.stringify({
   height: document.documentElement.scrollHeight})"""
 
 
-class Chromium:
+class Chromium(Process):
     def __init__(self, profile: Path, binary: str | None = None):
         self.binary = binary or shutil.which("chromium") or "chromium"
         self.profile = Path(profile)
@@ -95,17 +97,3 @@ class Chromium:
                 async with http.get(f"http://127.0.0.1:{self.port}/json/close/{target['id']}"):
                     pass
 
-    def close(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-
-    def __enter__(self) -> "Chromium":
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()

@@ -44,7 +44,9 @@ def _wait_for_port(port: int, proc: subprocess.Popen, what: str, timeout: float 
     raise RuntimeError(f"{what} did not listen on {port} within {timeout} s")
 
 
-class _Process:
+class Process:
+    """A server process the tests start: a context manager that stops it (terminate, then kill)."""
+
     proc: subprocess.Popen
 
     def stop(self) -> None:
@@ -63,7 +65,7 @@ class _Process:
         self.stop()
 
 
-class S3Server(_Process):
+class S3Server(Process):
     """`moto_server` on a free port; `env` holds the allowed user's credentials and the endpoint."""
 
     def __init__(self, log: Path):
@@ -101,7 +103,7 @@ class S3Server(_Process):
                             aws_access_key_id=keys[0], aws_secret_access_key=keys[1])
 
 
-class HttpServer(_Process):
+class HttpServer(Process):
     """A directory served over HTTP on a free port (`python -m tests.servers http`); `requests()` reads its log."""
 
     def __init__(self, root: Path, log: Path):

@@ -22,11 +22,14 @@ EXIT_BAD_PARAMS = 2
 
 
 def _check(params: Params, args: argparse.Namespace) -> None:
+    from workflow.engines import dvc
     from workflow.train.backend import BackendError, validate
 
     print(f"{args.params}: OK")
     print(f"sources:  {', '.join(f'{n} ({s.domain})' for n, s in params.sources.items())}")
     print(f"models:   {', '.join(params.model_ids())}")
+    stale = dvc.difference(params)
+    print(f"dvc.yaml: {'current' if stale is None else f'out of date ({stale}): `python -m workflow dvc-yaml` regenerates it'}")
     try:
         print(f"backend:  {validate(params.model)}")
     except BackendError as err:

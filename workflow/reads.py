@@ -10,8 +10,8 @@ views: taking an item reads nothing yet; iterating, `len` or `in` notes that the
 items exist (`Reads.collections`), which the engines see through the stage's inputs, not its params.
 
 `python -m workflow <stage>` runs under this view when `ARBOR_RECORD_READS=<dir>` is set and writes what
-it read to `<dir>/<stage>@<key>.json`; tests/integration/test_reads.py holds that against the keys each
-engine tracks.
+it read to `<dir>/<stage>@<key>.json`; tests/integration/test_invalidation.py holds that against the keys
+each engine tracks and against what each engine re-runs after an edit.
 """
 
 from __future__ import annotations

@@ -250,12 +250,18 @@ def _reads_tokenize(params: Params, domain: str) -> list[str]:
     return ["tokenizer.eod_token"]
 
 
-def _reads_trunk(params: Params, step: int) -> list[str]:
+def training_reads(params: Params) -> list[str]:
+    """What every trained model's weights depend on: the model, the trunk's optimisation, the data's domains
+    and the end-of-document token."""
     return [*model_keys(params), *trunk_weights(params), *domains(params), "tokenizer.eod_token"]
 
 
+def _reads_trunk(params: Params, step: int) -> list[str]:
+    return training_reads(params)
+
+
 def _reads_decay(params: Params, branch: str) -> list[str]:
-    return [*_reads_trunk(params, 0), f"decays.{branch}"]
+    return [*training_reads(params), f"decays.{branch}"]
 
 
 def _reads_merge(params: Params, name: str) -> list[str]:

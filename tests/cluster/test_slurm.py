@@ -24,6 +24,7 @@ import yaml
 from tests.cluster.study import micro_params
 from tests.conftest import clone_study, copy_repo, run
 from workflow import paths
+from workflow.engines import snakemake as engine
 from workflow.train import checkpoint as ckpt
 
 pytestmark = pytest.mark.slow
@@ -115,7 +116,7 @@ def test_trunk_trains_across_two_nodes_as_one_process_does(cluster_run, tmp_path
     the losses and grad norms equal a one-process run of the same segments, to 1e-5."""
     repo, _ = cluster_run
     for step in (4, 8):
-        stage_log = (repo / f"logs/trunk/step-{step}.log").read_text()
+        stage_log = (repo / engine.job_file("trunk", "logs", ".log").format(step=step)).read_text()
         assert "launching 2 processes: srun --nodes=2 --ntasks=2 --ntasks-per-node=1" in stage_log, stage_log[-2000:]
         assert stage_log.count("--rdzv-backend=c10d") == 2 and "is_host=true" in stage_log and "is_host=false" in stage_log
     one = clone_study(repo, tmp_path / "one-process")

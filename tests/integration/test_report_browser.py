@@ -13,7 +13,7 @@ import pytest
 from tests.apt import Unavailable, ensure
 from tests.browser import BINARIES, CHECK_IMAGES, PACKAGES, Chromium
 from tests.unit.test_report import study  # noqa: F401 - the report's small study (a fixture)
-from workflow import paths, report
+from workflow import paths, stages
 
 
 @pytest.fixture(scope="module")
@@ -37,7 +37,7 @@ def ink(png: bytes) -> tuple[float, int, tuple[int, int]]:
 
 
 def test_report_renders_with_every_plot(study, chromium, tmp_path):  # noqa: F811
-    report.run(study)
+    stages.call(study, "report")
     page = (Path(paths.report_dir()) / "summary.html").resolve()
     got = chromium.open(page.as_uri(), CHECK_IMAGES)
     (tmp_path / "summary.png").write_bytes(got["screenshot"])  # to look at when it fails
@@ -52,7 +52,7 @@ def test_report_renders_with_every_plot(study, chromium, tmp_path):  # noqa: F81
 
 
 def test_checks_catch_a_broken_image_and_a_blank_page(study, chromium, tmp_path):  # noqa: F811
-    report.run(study)
+    stages.call(study, "report")
     html = (Path(paths.report_dir()) / "summary.html").read_text()
     broken = tmp_path / "broken.html"
     broken.write_text(re.sub(r"base64,[A-Za-z0-9+/]{200}", "base64,AAAA" + "B" * 196, html, count=1))
