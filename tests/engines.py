@@ -58,18 +58,15 @@ def snakemake_jobs(repo: Path) -> dict[str, Job]:
 
 def dvc_jobs(repo: Path) -> dict[str, Job]:
     """Every stage of `dvc.yaml` as DVC resolves it (foreach expanded), keyed by output path; its params are the
-    keys it tracks in the resolved study (artifacts/params.json)."""
+    keys of the params file it tracks (artifacts/params/<stage>.json)."""
     from dvc.repo import Repo
 
-    from workflow.paths import resolved_params
-
-    resolved = resolved_params()
     jobs: dict[str, Job] = {}
     with Repo(str(repo)) as dvc:
         for stage in dvc.index.stages:
             deps = frozenset(str(d.def_path) for d in stage.deps if not hasattr(d, "params"))
-            params = frozenset(p for d in stage.deps if hasattr(d, "params") and str(d.def_path) == resolved
-                               for p in d.params)
+            files = [repo / str(d.def_path) for d in stage.deps if hasattr(d, "params")]
+            params = frozenset(k for f in files if f.is_file() for k in json.loads(f.read_text()) if k != "_inputs")
             for out in stage.outs:
                 jobs[str(out.def_path)] = Job(stage.cmd, deps, params)
     return jobs

@@ -275,11 +275,8 @@ def _snakemake_plan(repo: str, queue) -> None:
 def _dvc_status(repo: str, queue) -> None:
     from dvc.repo import Repo
 
-    from workflow.params import load_params
-
     with contextlib.chdir(repo):
         try:
-            dvc_engine.sync(load_params("params.yaml"))  # as `python -m workflow dvc-yaml` or any snakemake run
             with Repo(".") as dvc:
                 queue.put(sorted(set(dvc.status()) - {dvc_engine.RESOLVE}))
         except BaseException as err:  # noqa: BLE001
@@ -287,8 +284,12 @@ def _dvc_status(repo: str, queue) -> None:
 
 
 def plans(repo: Path) -> tuple[set[str], set[str]]:
-    """(jobs `snakemake -n` would run, stages `dvc status` flags), each from a fresh fork (Snakemake keeps
-    state between in-process runs), both at once."""
+    """(jobs `snakemake -n` would run, stages `dvc status` flags after dvc.yaml and the stages' params files are
+    brought up to date), each from a fresh fork (Snakemake keeps state between in-process runs), both at once."""
+    from workflow.params import load_params
+
+    with contextlib.chdir(repo):  # what `python -m workflow dvc-yaml` or any snakemake start does first
+        dvc_engine.sync(load_params("params.yaml"))
     ctx = mp.get_context("fork")
     results = []
     for target in (_snakemake_plan, _dvc_status):

@@ -48,8 +48,8 @@ def _resolve(params: Params, args: argparse.Namespace) -> None:
 
     dvc.check(params)
     dvc.write_resolved(params)
-    print(f"{paths.resolved_params()}: {args.params} with every default filled in; {paths.stage_dependencies()}: "
-          "what each DVC stage depends on")
+    print(f"{paths.stage_params_dir()}/: what each DVC stage tracks (the values of the {args.params} keys it reads, "
+          "defaults filled in, and a digest of its dependencies)")
 
 
 def _dvc_yaml(params: Params, args: argparse.Namespace) -> None:
@@ -70,9 +70,9 @@ TOOLS: dict[str, Tool] = {
     "check": ("Validate params.yaml and print the planned models and the training backend.", [], _check),
     "why": ("List each job that would run and what made it stale (params old -> new, inputs, code).",
             [("target", dict(nargs="?", default=None, help="an output path, a model id or a stage (default: everything)"))], _why),
-    "resolve": ("Write artifacts/params.json (params.yaml with every default filled in) and artifacts/dependencies.json "
-                "(each DVC stage's inputs): what DVC's stages track; refuse when dvc.yaml is out of date.", [], _resolve),
-    "dvc-yaml": ("Regenerate dvc.yaml and artifacts/params.json from params.yaml.",
+    "resolve": ("Write artifacts/params/<stage>.json, what each DVC stage tracks (the resolved values of the keys it "
+                "reads, a digest of its dependencies); refuse when dvc.yaml is out of date.", [], _resolve),
+    "dvc-yaml": ("Regenerate dvc.yaml and artifacts/params/ from params.yaml.",
                  [("--out", dict(default="dvc.yaml", help="where to write"))], _dvc_yaml),
     "export-hf": ("Write a model as a Hugging Face LlamaForCausalLM directory (safetensors, config, tokenizer).",
                   [("--model", dict(required=True, metavar="ID", help="trunk-<N>, decay-<branch> or merge-<name>")),

@@ -99,14 +99,14 @@ def loss_plot() -> str:
     return f"{REPORTS}/plots/loss.png"
 
 
-def resolved_params() -> str:
-    """params.yaml with every default filled in (`python -m workflow resolve`): the file DVC's stages track."""
-    return f"{ARTIFACTS}/params.json"
+def stage_params_dir() -> str:
+    """What each DVC stage tracks, one file per stage (`python -m workflow resolve`)."""
+    return f"{ARTIFACTS}/params"
 
 
-def stage_dependencies() -> str:
-    """Each DVC stage's dependency and key lists (`python -m workflow resolve`), tracked by that stage."""
-    return f"{ARTIFACTS}/dependencies.json"
+def stage_params(dvc_stage: str) -> str:
+    """The values of the params keys one DVC stage reads, and a digest of its dependency list."""
+    return f"{stage_params_dir()}/{dvc_stage}.json"
 
 
 def remote_stand_in(url: str) -> str:

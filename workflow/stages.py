@@ -73,7 +73,7 @@ class Stage:
     dvc: tuple[Foreach, ...] = ()       # DVC `foreach` blocks; none: one DVC stage per instance
     run_all: Callable[..., None] | None = None  # DVC runs every instance as one stage: run_all(params, [(key, inputs)])
     run_all_reads: tuple[str, ...] = ()  # what `run_all` reads besides every instance's reads (its list of instances)
-    dvc_dir_deps: bool = False          # DVC depends on the directories holding the inputs (no regeneration)
+    dvc_dir_groups: tuple[str, ...] = ()  # input groups DVC depends on by their directory (fewer deps, no regeneration)
 
     @property
     def key_names(self) -> tuple[str, ...]:
@@ -105,6 +105,18 @@ class Stage:
         """`decay@late`, `curate_shard@prose-00000`, `report`: an instance in messages and recordings."""
         values = [str(key[k]) for k in self.key_names]
         return f"{self.name}@{'-'.join(values)}" if values else self.name
+
+
+def values(params: Params, keys: list[str]) -> dict[str, Any]:
+    """The resolved values (defaults applied) of dotted keys: what an engine tracks for a job."""
+    resolved = params.model_dump(mode="json")
+    out = {}
+    for dotted in keys:
+        node: Any = resolved
+        for part in dotted.split("."):
+            node = node[part]
+        out[dotted] = node
+    return out
 
 
 def flat(inputs: Inputs) -> list[str]:
@@ -307,11 +319,13 @@ STAGES: dict[str, Stage] = {s.name: s for s in [
           instances=lambda p: [{"step": s} for s in p.trunk.checkpoints], inputs=_trunk_inputs,
           outputs=lambda step: [paths.trunk_dir(step)], reads=_reads_trunk,
           keys=(Key("step", "a value of `trunk.checkpoints`", int, r"\d+"),), training=True, threads="all",
+          dvc_dir_groups=("tokens",),
           run_all=trunk.run_all, run_all_reads=("trunk.checkpoints",)),
     Stage("decay", decay.run, "Train one decay branch from its trunk checkpoint.",
           instances=lambda p: [{"branch": b} for b in p.decays], inputs=_decay_inputs,
           outputs=lambda branch: [paths.decay_dir(branch)], reads=_reads_decay,
-          keys=(Key("branch", "a key of `decays`"),), training=True, dvc=(Foreach("${decays}", {"branch": "${key}"}),)),
+          keys=(Key("branch", "a key of `decays`"),), training=True, dvc=(Foreach("${decays}", {"branch": "${key}"}),),
+          dvc_dir_groups=("tokens",)),
     Stage("merge", merge.run, "Average the weights of the models of one merge.",
           instances=lambda p: [{"name": m} for m in p.merge_order()], inputs=_merge_inputs,
           outputs=lambda name: [paths.merge_dir(name)], reads=_reads_merge, keys=(Key("name", "a key of `merges`"),)),
@@ -321,13 +335,14 @@ STAGES: dict[str, Stage] = {s.name: s for s in [
     Stage("evaluate", evaluate_run, "Held-out loss and bits-per-byte of one model, and its lm-eval task scores.",
           instances=lambda p: [{"model": m} for m in p.model_ids()], inputs=_evaluate_inputs,
           outputs=lambda model: [paths.eval_file(model)], reads=_reads_evaluate, directories=False,
+          dvc_dir_groups=("tokens",),
           keys=(Key("model", "trunk-<N>, decay-<branch> or merge-<name>", pattern=r"trunk-\d+|decay-[a-z0-9][a-z0-9_-]*|merge-[a-z0-9][a-z0-9_-]*"),),
           dvc=(Foreach("${trunk.checkpoints}", {"model": "trunk-${item}"}, "trunk"),
                Foreach("${decays}", {"model": "decay-${key}"}, "decay", when="decays"),
                Foreach("${merges}", {"model": "merge-${key}"}, "merge", when="merges"))),
     Stage("report", report.run, "Write reports/ (summary.md, summary.html, plots) from every eval and training log.",
           instances=_one, inputs=_report_inputs, outputs=lambda: [paths.report_dir()], reads=_reads_report,
-          dvc_dir_deps=True),
+          dvc_dir_groups=("evals", "logs")),
 ]}
 
 

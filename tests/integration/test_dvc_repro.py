@@ -93,7 +93,7 @@ def test_exp_run_reruns_only_the_edited_branch(clone):
     rows = json.loads(dvc(clone, "exp", "show", "--json"))
     exps = [e for row in rows for e in [row, *(x["revs"][0] for x in row.get("experiments") or [])]]
     data = [e["data"] for e in exps if e.get("data")]
-    steps = {d["params"][paths.resolved_params()]["data"]["decays"]["a"]["steps"] for d in data}
+    steps = {d["params"][paths.stage_params("decay@a")]["data"]["decays.a"]["steps"] for d in data}
     assert steps == {2, 3}
     metrics = [d["metrics"] for d in data]
     assert all(any(f.startswith("artifacts/eval/") for f in m) for m in metrics), metrics

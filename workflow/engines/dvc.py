@@ -1,11 +1,13 @@
-"""dvc.yaml from the stage table, and the resolved params its stages track.
+"""dvc.yaml from the stage table, and the params file each of its stages tracks.
 
-Every stage tracks its params in `artifacts/params.json`: params.yaml with every default filled in, written
-by the first stage, `resolve` (deps: params.yaml, the schema, the folders the sources' globs read), and its
-own entry of `artifacts/dependencies.json` (its dependency and key lists: DVC ignores a dependency that
-disappears from dvc.yaml, so a removed input would otherwise re-run nothing). So the
-study file stays as the user wrote it, spelling out a default or reordering keys re-runs nothing, and DVC
-parses one JSON file instead of re-reading the YAML study once per stage (the no-op cost of `dvc status`).
+Each DVC stage tracks one small file as a whole, `artifacts/params/<stage>.json`: the resolved values
+(params.yaml with every default filled in) of exactly the keys the stage reads, and a digest of its
+inputs (DVC ignores a dependency that disappears from dvc.yaml: a source removed, a merge input dropped;
+the digest makes the stage re-run). The first stage, `resolve`, writes them (deps: params.yaml,
+the schema, the folders the sources' globs read). So the study file stays as the user wrote it, reordering
+keys or spelling out a default re-runs nothing, and `dvc status` reads one small JSON file per stage (DVC
+looks up every listed key by walking the whole params file: a shared file made a no-op status quadratic in
+the number of stages).
 
 Stages are `foreach` blocks where the table declares them (decays, evaluations: new branches and trunk
 checkpoints need no regeneration), one stage per instance otherwise, and the trunk one stage that resumes
@@ -17,6 +19,7 @@ with one line saying what changed; `python -m workflow dvc-yaml` (or any `snakem
 
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 from typing import Any
@@ -32,18 +35,15 @@ CLI = "python -m workflow"
 RESOLVE = "resolve"
 HEADER = """\
 # GENERATED from params.yaml by `python -m workflow dvc-yaml` (workflow/engines/dvc.py; any `snakemake` run
-# regenerates it too): do not edit. Stages track their params in artifacts/params.json (params.yaml with every
-# default filled in), written by the `resolve` stage, which also stops `dvc repro` when this file is out of date.
+# regenerates it too): do not edit. Each stage tracks artifacts/params/<stage>.json (the resolved values of the
+# params it reads, a digest of its inputs), written by the `resolve` stage, which also stops `dvc repro`
+# when this file is out of date.
 """
 
 
 def resolved(params: Params) -> dict[str, Any]:
-    """The study as every stage sees it: params.yaml with every default filled in (runtime `resources` left out)."""
+    """The study as the stages see it: params.yaml with every default filled in (runtime `resources` left out)."""
     return params.model_dump(mode="json", exclude={"resources"})
-
-
-def resolved_text(params: Params) -> str:
-    return json.dumps(resolved(params), indent=1, sort_keys=True) + "\n"
 
 
 class _Item:
@@ -76,21 +76,21 @@ class _Templates(Hook):
         raise KeyError(name)
 
 
-def _params_dep(name: str, keys: list[str]) -> list[dict[str, list[str]]]:
-    return [{paths.resolved_params(): list(dict.fromkeys(keys))}] * bool(keys) + [{paths.stage_dependencies(): [name]}]
-
-
-def _dir_deps(inputs: list[str]) -> list[str]:
-    """The directories holding `inputs` (new items in them need no new dependency list)."""
-    return list(dict.fromkeys(str(Path(p).parent) for p in inputs))
-
-
-def _stage(name: str, cmd: str, deps: list[str], keys: list[str], outs: list[Any]) -> dict[str, Any]:
-    return {"cmd": cmd, "deps": deps, "params": _params_dep(name, keys), "outs": outs}
+def _deps(stage: stages.Stage, inputs: stages.Inputs) -> list[str]:
+    """A stage's DVC dependencies: its inputs, the groups of `stage.dvc_dir_groups` by the directories holding them
+    (fewer dependencies to check, and new items there need no new dependency list)."""
+    return list(dict.fromkeys(d for group, files in inputs.items() for f in files
+                              for d in ([str(Path(f).parent)] if group in stage.dvc_dir_groups else [f])))
 
 
 def _block_name(stage: stages.Stage, block: stages.Foreach) -> str:
     return f"{stage.name}-{block.name}" if block.name else stage.name
+
+
+def _placeholder(block: stages.Foreach) -> str:
+    """The `${key}`/`${item}` a foreach block names its items by."""
+    template = next(iter(block.keys.values()))
+    return "${" + template.split("${", 1)[1].split("}", 1)[0] + "}"
 
 
 def stage_name(stage: stages.Stage, key: dict[str, Any]) -> str:
@@ -127,36 +127,68 @@ def source_roots(params: Params) -> list[str]:
     return list(dict.fromkeys(roots))
 
 
-def document(params: Params) -> dict[str, Any]:
-    """`dvc.yaml` as a mapping."""
+def _digest(deps: list[str]) -> str:
+    return hashlib.sha256(json.dumps(deps).encode()).hexdigest()[:16]
+
+
+INPUTS = "_inputs"  # the key of a params file holding the digest of the stage's inputs
+
+
+def _tracked(params: Params, keys: list[str], inputs: list[str]) -> dict[str, Any]:
+    """The content of one stage's params file: the values of the keys it reads (`dvc status` names a changed
+    one), and under `_inputs` a digest of its inputs."""
+    return {**stages.values(params, list(dict.fromkeys(keys))), INPUTS: _digest(inputs)}
+
+
+def _layout(params: Params) -> tuple[dict[str, Any], dict[str, dict[str, Any]]]:
+    """(the `stages` of dvc.yaml, {params file: content} of every DVC stage instance)."""
     tpl = view(params, _Templates())
+    files: dict[str, dict[str, Any]] = {}
     st: dict[str, Any] = {RESOLVE: {"cmd": f"{CLI} {RESOLVE}", "deps": ["params.yaml", "workflow/params.py", *source_roots(params)],
-                                    "outs": [paths.resolved_params(), paths.stage_dependencies()]}}
+                                    "outs": [paths.stage_params_dir()]}}
+
+    def add(name: str, cmd: str, deps: list[str], outs: list[Any], file: str) -> dict[str, Any]:
+        st[name] = {"cmd": cmd, "deps": deps, "params": [{paths.stage_params(file): None}], "outs": outs}
+        return st[name]
+
     for stage in stages.STAGES.values():
         jobs = [stages.Job(stage, key) for key in stage.instances(params)]
         if not jobs:
             continue
         if stage.run_all is not None:  # one stage for every instance: the trunk resumes from its last valid checkpoint
             outs = [o for job in jobs for o in job.outputs]
-            root = str(Path(outs[0]).parent)
-            deps = [d for job in jobs for d in stages.flat(job.inputs(params)) if d not in outs]
+            deps = list(dict.fromkeys(d for job in jobs for d in _deps(stage, job.inputs(params)) if d not in outs))
+            add(stage.name, f"{CLI} {stage.name}", deps, [{str(Path(outs[0]).parent): {"persist": True}}], stage.name)
             keys = [k for job in jobs for k in stage.reads(params, **job.key)] + list(stage.run_all_reads)
-            st[stage.name] = _stage(stage.name, f"{CLI} {stage.name}", list(dict.fromkeys(deps)), keys,
-                                    [{root: {"persist": True}}])
+            files[stage.name] = _tracked(params, keys, [i for job in jobs for i in stages.flat(job.inputs(params))])
         elif stage.dvc:
             for block in stage.dvc:
                 if block.when and not getattr(params, block.when):
                     continue
                 name = _block_name(stage, block)
-                body = _stage(name, stage.command(block.keys), stages.flat(stage.inputs(tpl, **block.keys)),
-                              stage.reads(tpl, **block.keys), stage.outputs(**block.keys))
+                deps = _deps(stage, stage.inputs(tpl, **block.keys))
+                body = add(name, stage.command(block.keys), deps, stage.outputs(**block.keys), f"{name}@{_placeholder(block)}")
                 st[name] = {"foreach": block.items, "do": body}
+                for job in jobs:
+                    if stage_name(stage, job.key).startswith(f"{name}@"):
+                        files[stage_name(stage, job.key)] = _tracked(params, stage.reads(params, **job.key),
+                                                                     stages.flat(job.inputs(params)))
         else:
             for job in jobs:
-                deps, name = stages.flat(job.inputs(tpl)), stage_name(stage, job.key)
-                st[name] = _stage(name, job.command, _dir_deps(deps) if stage.dvc_dir_deps else deps,
-                                  stage.reads(params, **job.key), job.outputs)
-    return {"metrics": [f"{paths.ARTIFACTS}/eval"], "plots": train_plots(), "stages": st}
+                deps, name = _deps(stage, job.inputs(tpl)), stage_name(stage, job.key)
+                add(name, job.command, deps, job.outputs, name)
+                files[name] = _tracked(params, stage.reads(params, **job.key), stages.flat(job.inputs(params)))
+    return st, {paths.stage_params(name): content for name, content in files.items()}
+
+
+def document(params: Params) -> dict[str, Any]:
+    """`dvc.yaml` as a mapping."""
+    return {"metrics": [f"{paths.ARTIFACTS}/eval"], "plots": train_plots(), "stages": _layout(params)[0]}
+
+
+def stage_files(params: Params) -> dict[str, str]:
+    """Every DVC stage's params file: path -> text."""
+    return {path: json.dumps(content, indent=1, sort_keys=True) + "\n" for path, content in _layout(params)[1].items()}
 
 
 def train_plots() -> list[dict[str, Any]]:
@@ -167,24 +199,6 @@ def train_plots() -> list[dict[str, Any]]:
 
 def render(params: Params) -> str:
     return HEADER + yaml.safe_dump(document(params), sort_keys=False, width=1000)
-
-
-def dependencies(doc: dict[str, Any]) -> dict[str, Any]:
-    """Each stage's (or foreach block's) dependencies and params keys as dvc.yaml lists them. Every stage tracks
-    its own entry, because DVC compares only what dvc.yaml still lists: a dependency or key that disappears
-    (a source removed, a merge input dropped, decontamination switched off) would otherwise re-run nothing."""
-    out = {}
-    for name, stage in doc["stages"].items():
-        if name == RESOLVE:
-            continue
-        body = stage.get("do", stage)
-        keys = [k for p in body.get("params", []) for f, ks in p.items() if f == paths.resolved_params() for k in ks]
-        out[name] = {"deps": body.get("deps", []), "params": keys}
-    return out
-
-
-def dependencies_text(params: Params) -> str:
-    return json.dumps(dependencies(document(params)), indent=1, sort_keys=True) + "\n"
 
 
 def difference(params: Params, path: str = "dvc.yaml") -> str | None:
@@ -221,12 +235,18 @@ def _write_if_changed(path: str, text: str) -> bool:
 
 
 def write_resolved(params: Params) -> list[str]:
-    """Write `artifacts/params.json` and `artifacts/dependencies.json` where they changed; returns those written."""
-    files = ((paths.resolved_params(), resolved_text(params)), (paths.stage_dependencies(), dependencies_text(params)))
-    return [path for path, text in files if _write_if_changed(path, text)]
+    """Write every stage's params file whose content changed, delete those of stages gone; returns what changed."""
+    files = stage_files(params)
+    written = [path for path, text in files.items() if _write_if_changed(path, text)]
+    folder = Path(paths.stage_params_dir())
+    for stale in sorted(folder.glob("*.json")) if folder.is_dir() else []:
+        if str(stale) not in files:
+            stale.unlink(missing_ok=True)  # a concurrent sync (snakemake -n beside dvc-yaml) may have removed it
+            written.append(str(stale))
+    return written
 
 
 def sync(params: Params, path: str = "dvc.yaml") -> list[str]:
-    """Bring `dvc.yaml` and what its stages track up to date with the study; returns what was rewritten."""
+    """Bring `dvc.yaml` and the stages' params files up to date with the study; returns what was rewritten."""
     written = [path] if _write_if_changed(path, render(params)) else []
     return written + write_resolved(params)

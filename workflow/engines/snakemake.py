@@ -15,19 +15,6 @@ from workflow.params import JobResources, Params
 from workflow.train import launch
 
 
-def _resolved_value(resolved: dict[str, Any], dotted: str) -> Any:
-    node: Any = resolved
-    for part in dotted.split("."):
-        node = node[part]
-    return node
-
-
-def tracked_values(params: Params, keys: list[str], resolved: dict[str, Any] | None = None) -> dict[str, Any]:
-    """The resolved values (defaults applied) of dotted keys."""
-    resolved = resolved if resolved is not None else params.model_dump(mode="json")
-    return {k: _resolved_value(resolved, k) for k in keys}
-
-
 def wildcards_key(stage: stages.Stage, wildcards: Any) -> dict[str, Any]:
     return stage.typed({k: getattr(wildcards, k) for k in stage.key_names})
 
@@ -58,11 +45,9 @@ def inputs(params: Params, name: str) -> Callable[[Any], dict[str, list[str]]]:
 def tracked(params: Params, name: str) -> Callable[[Any], str]:
     """The rule's tracked params: the values of the keys the stage reads, as one string (a change re-runs the job)."""
     stage = stages.STAGES[name]
-    resolved = params.model_dump(mode="json")
 
     def function(wildcards: Any) -> str:
-        keys = stage.reads(params, **wildcards_key(stage, wildcards))
-        return json.dumps(tracked_values(params, keys, resolved), sort_keys=True)
+        return json.dumps(stages.values(params, stage.reads(params, **wildcards_key(stage, wildcards))), sort_keys=True)
 
     function.__name__ = f"{name}_params"
     return function
