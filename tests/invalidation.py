@@ -240,10 +240,11 @@ def changed_collections(old: Params, new: Params) -> set[str]:
 
 
 def expected(old: Params, new: Params, reads: dict[str, set[str]], present: dict[str, set[str]],
-             collections: dict[str, set[str]]) -> Expected:
+             collections: dict[str, set[str]], before: dict[str, list[str]] | None = None) -> Expected:
     """What each engine should plan after the edit old -> new, from the recorded reads (`reads`: keys per job
-    label; `present`: optional sections it tested for; `collections`: the mappings whose items it iterated)."""
-    before, after = job_inputs(old), job_inputs(new)
+    label; `present`: optional sections it tested for; `collections`: the mappings whose items it iterated).
+    `before`: every job's inputs before the edit, when the edit changed files rather than params."""
+    before, after = before if before is not None else job_inputs(old), job_inputs(new)
     roots = {label for label, inputs in after.items() if before.get(label) != inputs}  # new jobs, moved edges
     keys = {k for k in changed_keys(old, new) if not untracked(k)}
     grown = changed_collections(old, new)

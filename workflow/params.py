@@ -162,6 +162,8 @@ class Curation(Section):
     decontamination: Decontamination | None = Field(Decontamination(), description="n-gram decontamination of training data; null switches it off.")
     heldout_fraction: float = Field(0.05, ge=0.0, lt=0.5, description="Fraction of documents (by content hash) kept out of training for evaluation.")
     shard_docs: PositiveInt = Field(2000, description="Documents per output shard `part-*.jsonl.zst`.")
+    files_per_job: PositiveInt = Field(1, description="Input files per `curate_shard` job: a source's files in sorted order, taken in consecutive groups (appended files fill the last group, then form new ones; full groups keep their members and cached results).")
+    bytes_per_job: PositiveInt | None = Field(None, description="Instead of a count: a `curate_shard` job takes consecutive files until their total size reaches this many bytes (remote files: one HEAD each when the DAG is built).")
 
 
 class Tokenizer(Section):

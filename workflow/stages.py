@@ -134,9 +134,29 @@ def _per_source(params: Params) -> list[dict[str, Any]]:
     return [{"source": s} for s in params.sources]
 
 
+def shard_groups(params: Params, source: str) -> list[list[str]]:
+    """A source's input files in `curate_shard` jobs: consecutive groups of its sorted files, of
+    `curation.files_per_job` files or, with `bytes_per_job`, of files until their size reaches it. Appending
+    files (sorted after the others) fills the last group, then forms new ones; no other group changes."""
+    files, cfg = source_files(params, source), params.curation
+    if cfg.bytes_per_job is None:
+        return [files[i:i + cfg.files_per_job] for i in range(0, len(files), cfg.files_per_job)]
+    from workflow.curate.readers import file_size
+
+    groups: list[list[str]] = []
+    size = cfg.bytes_per_job
+    for f in files:
+        if size >= cfg.bytes_per_job:
+            groups.append([])
+            size = 0
+        groups[-1].append(f)
+        size += file_size(f)
+    return groups
+
+
 def shard_parts(params: Params, source: str) -> list[str]:
-    """Part ids of a source: one per input file (one, failing on its missing input, when none match)."""
-    return [f"{k:05d}" for k in range(max(len(source_files(params, source)), 1))]
+    """Part ids of a source: one per group of input files (one, failing on its missing input, when none match)."""
+    return [f"{k:05d}" for k in range(max(len(shard_groups(params, source)), 1))]
 
 
 def shard_dirs(params: Params, source: str) -> list[str]:
@@ -163,8 +183,8 @@ def previous_checkpoint(params: Params, step: int) -> list[str]:
 
 
 def _curate_shard_inputs(params: Params, source: str, part: str) -> Inputs:
-    files = source_files(params, source)
-    return {"raw": [files[int(part)]] if files else list(params.sources[source].paths)}
+    groups = shard_groups(params, source)
+    return {"raw": groups[int(part)] if groups else list(params.sources[source].paths)}
 
 
 def _curate_split_inputs(params: Params, source: str) -> Inputs:
@@ -298,10 +318,10 @@ def _reads_report(params: Params) -> list[str]:
 
 SOURCE = Key("source", "a key of `sources`")
 STAGES: dict[str, Stage] = {s.name: s for s in [
-    Stage("curate_shard", shard.run, "Filter one input file of a source through the per-document pipeline.",
+    Stage("curate_shard", shard.run, "Filter one group of a source's input files through the per-document pipeline.",
           instances=lambda p: [{"source": s, "part": k} for s in p.sources for k in shard_parts(p, s)],
           inputs=_curate_shard_inputs, outputs=lambda source, part: [paths.curate_shard_dir(source, part)],
-          reads=_reads_shard, keys=(SOURCE, Key("part", "index of the input file, 5 digits", pattern=r"\d{5}"))),
+          reads=_reads_shard, keys=(SOURCE, Key("part", "index of the group of input files, 5 digits", pattern=r"\d{5}"))),
     Stage("curate_split", split.run, "Deduplicate a source over its shards (exact + MinHash), draw its held-out split.",
           instances=_per_source, inputs=_curate_split_inputs, outputs=lambda source: [paths.curate_split_dir(source)],
           reads=_reads_split, keys=(SOURCE,)),

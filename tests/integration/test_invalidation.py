@@ -10,6 +10,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
 import shutil
@@ -21,8 +22,8 @@ import yaml
 
 from tests.conftest import TINY_PARAMS, copy_repo, run
 from tests.engines import dvc_jobs, snakemake_jobs
-from tests.invalidation import (USER_TOKENIZER, Edit, expand, expected, normalized, perturbations, plans, related,
-                                set_key, untracked, write_study)
+from tests.invalidation import (USER_TOKENIZER, Edit, expand, expected, job_inputs, normalized, perturbations, plans,
+                                related, set_key, untracked, write_study)
 from workflow import paths, stages
 from workflow.engines import dvc as dvc_engine
 from workflow.params import load_params, parse_params
@@ -155,6 +156,26 @@ def test_invalidation_matrix(study, capsys):
         print(f"\ninvalidation matrix: {len(edits)} edits x 2 engines ({counts}); {len(skipped)} leaves no single "
               f"edit can change: {sorted(skipped)}")
     assert not mismatches, "\n".join(mismatches)
+
+
+def test_appending_files_runs_only_their_jobs(study, tmp_path):
+    """Ten files appended to a source: new curate_shard jobs for them (the existing groups keep their members
+    and their results) and what follows from the source's new data, in both engines."""
+    repo = shutil.copytree(study.repo, tmp_path / "repo", symlinks=True)
+    source = next(s for s, spec in study.params.sources.items() if "*" in spec.paths[0])
+    folder = repo / Path(study.params.sources[source].paths[0]).parent
+    with contextlib.chdir(repo):
+        before = job_inputs(study.params)
+    first = sorted(folder.iterdir())[0]
+    for i in range(10):
+        shutil.copy(first, folder / f"zz-appended-{i:02d}{''.join(first.suffixes)}")
+    with contextlib.chdir(repo):
+        want = expected(study.params, study.params, study.reads, study.present, study.collections, before)
+        groups = stages.shard_parts(study.params, source)
+    new_shards = {f"curate_shard@{source}-{p}" for p in groups[-10:]}
+    assert new_shards <= want.snakemake and f"curate_shard@{source}-{groups[0]}" not in want.snakemake
+    smk, dvc = plans(repo)
+    assert smk == want.snakemake and dvc == want.dvc
 
 
 def snakemake_plan(repo: Path) -> set[str]:

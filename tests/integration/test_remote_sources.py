@@ -108,7 +108,7 @@ def test_s3_glob_over_many_objects_reads_what_local_reads(corpus, s3, tmp_path):
     assert got["stats"]["inputs"] == [{"url": f"s3://{BUCKET}/web/part-{k:03d}.jsonl.zst", "size": h["ContentLength"],
                                        "etag": h["ETag"]} for k, h in enumerate(heads)]
     shard_stats = read_json(tmp_path / "remote" / paths.curate_shard_dir("web", 3) / "stats.json")
-    assert shard_stats["input"] == got["stats"]["inputs"][3]
+    assert shard_stats["inputs"] == [got["stats"]["inputs"][3]]
     assert want["stats"]["inputs"][0]["url"].endswith("web/part-000.jsonl.zst") and "xxh3" in want["stats"]["inputs"][0]
 
 

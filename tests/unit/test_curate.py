@@ -244,3 +244,16 @@ def test_stage_commands_need_their_inputs(corpus):
         stages.call(make_params(), "curate_split", source="web")
     with pytest.raises(FileNotFoundError, match="curate_shard --source web --part 00000"):
         stages.call(make_params(), "curate", source="web")
+
+
+def test_grouped_files_give_the_same_curated_data(corpus):
+    """Three files in one curate_shard job or one job each: the same documents, ids and accounting."""
+    stages.build(make_params(max_doc_bytes=200), "curate", source="web")
+    one_each, stats_each = load_split("train") + load_split("heldout"), stats_of()
+    assert len(list(Path(paths.ARTIFACTS, ".curate/web").glob("shard-*"))) == 3
+    shutil.rmtree(paths.ARTIFACTS)
+    stages.build(make_params(max_doc_bytes=200, files_per_job=3), "curate", source="web")
+    assert [p.name for p in Path(paths.ARTIFACTS, ".curate/web").glob("shard-*")] == ["shard-00000"]
+    assert load_split("train") + load_split("heldout") == one_each
+    keep = ("docs_in", "docs_out", "invalid", "dropped", "duplicates", "heldout_docs", "inputs")
+    assert {k: stats_of()[k] for k in keep} == {k: stats_each[k] for k in keep}

@@ -13,7 +13,7 @@ import pytest
 from tests.conftest import ROOT, TINY_PARAMS
 from workflow import cli, stages
 from workflow.engines import dvc as dvc_engine
-from workflow.params import ParamsError, load_params
+from workflow.params import ParamsError, load_params, parse_params
 
 
 @pytest.mark.parametrize("name", list(stages.STAGES))
@@ -94,3 +94,29 @@ def test_stage_code_never_imports_the_engines():
         if rel not in ("workflow/reads.py",):
             assert not re.search(r"^\s*from workflow(\.stages| import .*\bstages\b)", text, re.M), \
                 f"{rel} imports the stage table: stages get their inputs from it, not the other way round"
+
+
+def test_input_files_are_grouped_into_jobs_stably(tmp_path, monkeypatch):
+    """Consecutive groups of sorted files; appended files fill the last group, then form new ones."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "raw").mkdir()
+
+    def add(*names: str, size: int = 10) -> None:
+        for name in names:
+            (tmp_path / "raw" / name).write_bytes(b"x" * size)
+
+    def groups(**curation) -> list[list[str]]:
+        raw = {"sources": {"web": {"paths": ["raw/*.jsonl"], "domain": "web"}}, "trunk": {"checkpoints": [4]},
+               "curation": curation}
+        return [[f.removeprefix("raw/") for f in g] for g in stages.shard_groups(parse_params(raw), "web")]
+
+    add(*(f"{i:02d}.jsonl" for i in range(7)))
+    before = groups(files_per_job=3)
+    assert before == [["00.jsonl", "01.jsonl", "02.jsonl"], ["03.jsonl", "04.jsonl", "05.jsonl"], ["06.jsonl"]]
+    add("07.jsonl", "08.jsonl", "09.jsonl")
+    after = groups(files_per_job=3)
+    assert after[:2] == before[:2] and after[2:] == [["06.jsonl", "07.jsonl", "08.jsonl"], ["09.jsonl"]]
+    add("10.jsonl", size=35)
+    assert [len(g) for g in groups(bytes_per_job=30)] == [3, 3, 3, 2]  # a group closes once it holds 30 bytes
+    assert stages.shard_parts(parse_params({"sources": {"web": {"paths": ["raw/*.jsonl"], "domain": "web"}},
+                                            "trunk": {"checkpoints": [4]}}), "web") == [f"{k:05d}" for k in range(11)]

@@ -90,7 +90,7 @@ def run(params: Params, source: str, *, inputs: dict[str, list[str]]) -> None:
             for reason, where in s["invalid_examples"].items():
                 examples[reason] = (examples.get(reason, []) + where)[:5]
         stats = {
-            "source": source, "domain": src.domain, "inputs": [s["input"] for s in shard_stats],
+            "source": source, "domain": src.domain, "inputs": [e for s in shard_stats for e in s["inputs"]],
             "docs_in": sum(s["docs_in"] for s in shard_stats), "docs_out": writer.docs,
             "heldout_docs": split_stats["heldout_docs"],
             "bytes_in": sum(s["bytes_in"] for s in shard_stats), "bytes_out": writer.bytes,

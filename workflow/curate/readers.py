@@ -68,6 +68,11 @@ def display_path(path: str) -> str:
     return Path(rel if not rel.startswith("..") else os.path.abspath(path)).as_posix()
 
 
+def file_size(path: str) -> int:
+    """Bytes of an input file (a remote one: one metadata request)."""
+    return remote.describe(path)["size"] if remote.is_url(path) else os.path.getsize(path)
+
+
 def input_entry(path: str) -> dict:
     """What identifies an input file's bytes: `remote.describe` (one HEAD), or `{url, size, xxh3}` with the
     content hashed (a local file, or a remote one whose server reports no ETag, version or date)."""

@@ -1,14 +1,15 @@
-"""curate_shard: one input file -> documents that pass the per-document pipeline.
+"""curate_shard: one group of input files -> documents that pass the per-document pipeline.
 
     artifacts/.curate/<source>/shard-<part>/
         docs.jsonl.zst   surviving documents {id, text, meta}, in input order
         digests.npy      (N, 16) uint8 content digests (exact dedup, held-out split)
         minhash.npy      (N, buckets*hashes) uint32 MinHash signatures (when near_dedup is on)
-        stats.json       input (what was read: {url, size, etag | version_id | xxh3 ...}), docs_in, bytes_in,
+        stats.json       inputs (what was read: [{url, size, etag | version_id | xxh3 ...}]), docs_in, bytes_in,
                          invalid, dropped (+ reasons), files (checksums)
 
-`part` indexes the sorted matches of `sources.<source>.paths`. Memory is bounded by the shard's
-surviving-document count (16 + 448 bytes each), never by the corpus.
+`part` indexes the groups of a source's sorted input files (`curation.files_per_job` or `bytes_per_job`;
+workflow/stages.py). Memory is bounded by the shard's surviving-document count (16 + 448 bytes each), never
+by the corpus.
 """
 
 from __future__ import annotations
@@ -27,8 +28,10 @@ from workflow.io import atomic_dir
 from workflow.params import Params, ParamsError
 
 
-def curate_file(params: Params, source: str, path: str, out: Path, entry: dict, progress: bool = True) -> dict:
-    """Filter one file (whose `input_entry` is `entry`) into `out`, an existing empty directory; returns the shard's stats."""
+def curate_files(params: Params, source: str, files: list[str], out: Path, progress: bool = True) -> dict:
+    """Filter a group of raw files, in order, into `out` (an existing empty directory); returns the shard's stats."""
+    from tqdm import tqdm
+
     from workflow.curate.blocks import Pipeline, build_steps
 
     src, cfg = params.sources[source], params.curation
@@ -40,26 +43,27 @@ def curate_file(params: Params, source: str, path: str, out: Path, entry: dict, 
     reasons: Counter = Counter()
     digests: list[bytes] = []
     signatures: list[np.ndarray] = []
-    from tqdm import tqdm
-
-    bar = tqdm(total=entry["size"], unit="B", unit_scale=True, unit_divisor=1024, file=sys.stderr,
-               desc=f"curate {source} {display_path(path)}", disable=None if progress else True, mininterval=1.0)
+    entries = [input_entry(path) for path in files]  # what is read: url, size, etag (or a local file's hash)
+    bar = tqdm(total=sum(e["size"] for e in entries), unit="B", unit_scale=True, unit_divisor=1024, file=sys.stderr,
+               desc=f"curate {source} {display_path(files[0])}" + (f" +{len(files) - 1}" if len(files) > 1 else ""),
+               disable=None if progress else True, mininterval=1.0)
     writer = JsonlZst(out / "docs.jsonl.zst")
     try:
-        for doc in reader.read(path, entry, bar.update):
-            verdict = pipeline(doc)
-            if verdict is not None:
-                dropped[verdict[0]] += 1
-                reasons[f"{verdict[0]}/{verdict[1]}"] += 1
-                continue
-            meta = doc.metadata["meta"]
-            if "language" in doc.metadata:
-                meta["language"] = doc.metadata["language"]
-                meta["language_score"] = round(doc.metadata["language_score"], 4)
-            digests.append(text_digest(doc.text))
-            if hasher:
-                signatures.append(hasher.signature(doc.text))
-            writer.write({"id": doc.id, "text": doc.text, "meta": meta})
+        for path, entry in zip(files, entries):
+            for doc in reader.read(path, entry, bar.update):
+                verdict = pipeline(doc)
+                if verdict is not None:
+                    dropped[verdict[0]] += 1
+                    reasons[f"{verdict[0]}/{verdict[1]}"] += 1
+                    continue
+                meta = doc.metadata["meta"]
+                if "language" in doc.metadata:
+                    meta["language"] = doc.metadata["language"]
+                    meta["language_score"] = round(doc.metadata["language_score"], 4)
+                digests.append(text_digest(doc.text))
+                if hasher:
+                    signatures.append(hasher.signature(doc.text))
+                writer.write({"id": doc.id, "text": doc.text, "meta": meta})
     finally:
         writer.close()
         bar.close()
@@ -68,8 +72,7 @@ def curate_file(params: Params, source: str, path: str, out: Path, entry: dict, 
         width = cfg.near_dedup.buckets * cfg.near_dedup.hashes_per_bucket
         np.save(out / "minhash.npy", np.stack(signatures) if signatures else np.zeros((0, width), dtype=np.uint32))
     return {
-        "file": display_path(path),
-        "input": entry,
+        "inputs": entries,
         "docs_in": reader.docs_in,
         "bytes_in": reader.bytes_in,
         "docs": len(digests),
@@ -81,14 +84,15 @@ def curate_file(params: Params, source: str, path: str, out: Path, entry: dict, 
 
 
 def run(params: Params, source: str, part: str, *, inputs: dict[str, list[str]]) -> None:
-    """Write `paths.curate_shard_dir(source, part)` from the one raw file in `inputs["raw"]` (atomic, deterministic)."""
-    path = inputs["raw"][0]
-    if "://" not in path and not Path(path).is_file():
-        raise ParamsError(f"sources.{source}.paths: '{path}' matches no file (relative to {Path.cwd()}); "
-                          "fix the glob or create the data")
-    entry = input_entry(path)  # what is read: url, size, etag (or a local file's hash)
+    """Write `paths.curate_shard_dir(source, part)` from its group of raw files `inputs["raw"]` (atomic, deterministic)."""
+    files = inputs["raw"]
+    for path in files:
+        if "://" not in path and not Path(path).is_file():
+            raise ParamsError(f"sources.{source}.paths: '{path}' matches no file (relative to {Path.cwd()}); "
+                              "fix the glob or create the data")
     with atomic_dir(paths.curate_shard_dir(source, part)) as tmp:
-        stats = curate_file(params, source, path, tmp, entry)
+        stats = curate_files(params, source, files, tmp)
         write_stats(tmp, stats)
-    print(f"curate_shard {source} {stats['file']}: {stats['docs_in']:,} in -> {stats['docs']:,} kept; "
+    shown = display_path(files[0]) + (f" and {len(files) - 1} more" if len(files) > 1 else "")
+    print(f"curate_shard {source} {shown}: {stats['docs_in']:,} in -> {stats['docs']:,} kept; "
           f"invalid {sum(stats['invalid'].values()):,}, dropped {stats['dropped']}")
