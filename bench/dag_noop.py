@@ -57,10 +57,13 @@ def dry_run_outputs(text: str) -> list[str]:
     return [o for line in text.splitlines() if line.startswith(prefix) for o in line[len(prefix):].split(", ")]
 
 
-def up_to_date_workspace(dest: Path, raw: dict) -> int:
+def up_to_date_workspace(dest: Path, raw: dict, before_planning=None) -> int:
     """A copy of the repo with `raw` as its study, every output a placeholder, recorded by Snakemake and
-    DVC as `make study` leaves it; returns the number of jobs of a full run."""
+    DVC as `make study` leaves it; returns the number of jobs of a full run. `before_planning(dest)` may
+    add files the study reads (its inputs) first."""
     copy_repo(dest, yaml.safe_dump(raw, sort_keys=False))
+    if before_planning is not None:
+        before_planning(dest)
     run([sys.executable, "-m", "workflow", "dvc-yaml"], dest)
     dry = run(SNAKEMAKE_N, dest).stdout
     outputs = dry_run_outputs(dry)

@@ -5,9 +5,12 @@ import sys
 from snakemake.exceptions import WorkflowError
 
 from workflow import lock, paths, stages
+from workflow.curate.readers import freeze_listings
 from workflow.engines import dvc as dvc_engine
 from workflow.engines import snakemake as engine
 from workflow.params import ParamsError, parse_params
+
+freeze_listings()  # each source listed once per run, not once per job
 
 try:
     PARAMS = parse_params(config, workflow.configfiles[-1] if workflow.configfiles else "params.yaml")
@@ -22,7 +25,7 @@ wildcard_constraints:
 
 
 def keep_dvc_in_step():
-    """dvc.yaml and artifacts/params.json follow params.yaml before any planning (main process only: SLURM job
+    """dvc.yaml and artifacts/params/ follow params.yaml before any planning (main process only: SLURM job
     steps re-run Snakemake and must not write)."""
     if workflow.remote_exec or not workflow.is_main_process:
         return

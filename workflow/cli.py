@@ -121,7 +121,10 @@ def run_stage(params: Params, name: str, args: argparse.Namespace) -> None:
 def main(argv: list[str] | None = None) -> None:
     from workflow import stages
 
+    from workflow.curate.readers import freeze_listings
+
     args = build_parser().parse_args(argv)
+    freeze_listings()  # one command, one look at each source's files
     start = time.perf_counter()
     is_stage = args.command in stages.STAGES
     try:

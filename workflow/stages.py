@@ -141,17 +141,20 @@ def shard_groups(params: Params, source: str) -> list[list[str]]:
     files, cfg = source_files(params, source), params.curation
     if cfg.bytes_per_job is None:
         return [files[i:i + cfg.files_per_job] for i in range(0, len(files), cfg.files_per_job)]
-    from workflow.curate.readers import file_size
+    from workflow.curate.readers import file_size, listed
 
-    groups: list[list[str]] = []
-    size = cfg.bytes_per_job
-    for f in files:
-        if size >= cfg.bytes_per_job:
-            groups.append([])
-            size = 0
-        groups[-1].append(f)
-        size += file_size(f)
-    return groups
+    def by_size() -> list[list[str]]:
+        groups: list[list[str]] = []
+        size = cfg.bytes_per_job
+        for f in files:
+            if size >= cfg.bytes_per_job:
+                groups.append([])
+                size = 0
+            groups[-1].append(f)
+            size += file_size(f)
+        return groups
+
+    return listed(("groups", tuple(files), cfg.bytes_per_job), by_size)
 
 
 def shard_parts(params: Params, source: str) -> list[str]:

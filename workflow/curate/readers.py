@@ -19,7 +19,7 @@ import sys
 from collections import Counter
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import IO, TYPE_CHECKING
+from typing import IO, TYPE_CHECKING, Any
 
 import xxhash
 import zstandard
@@ -41,9 +41,31 @@ def match_pattern(pattern: str) -> list[str]:
     return sorted(p for p in glob.glob(pattern, recursive=True) if os.path.isfile(p))
 
 
+_FROZEN: dict | None = None  # listings of this process, once `freeze_listings()` was called
+
+
+def freeze_listings() -> None:
+    """List each source once for the rest of this process: an engine building its DAG asks for a source's files
+    once per job, and a remote listing (or a glob over 25,000 files) each time would dominate planning."""
+    global _FROZEN
+    if _FROZEN is None:
+        _FROZEN = {}
+
+
+def listed(key: tuple, compute: Callable[[], Any]) -> Any:
+    """`compute()`, remembered under `key` (with the working directory) once listings are frozen."""
+    if _FROZEN is None:
+        return compute()
+    key = (*key, os.getcwd())
+    if key not in _FROZEN:
+        _FROZEN[key] = compute()
+    return _FROZEN[key]
+
+
 def source_files(params: Params, source: str) -> list[str]:
-    """A source's input files in part order (`curate_shard --part K` reads the K-th)."""
-    return sorted({f for pattern in params.sources[source].paths for f in match_pattern(pattern)})
+    """A source's input files, sorted (the order `curate_shard` groups them in)."""
+    patterns = tuple(params.sources[source].paths)
+    return listed(("files", patterns), lambda: sorted({f for pattern in patterns for f in match_pattern(pattern)}))
 
 
 def expand_paths(params: Params, source: str) -> list[str]:
