@@ -119,12 +119,16 @@ def run_stage(params: Params, name: str, args: argparse.Namespace) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    from workflow import stages
-
-    from workflow.curate.readers import freeze_listings
+    from workflow.curate.readers import frozen_listings
 
     args = build_parser().parse_args(argv)
-    freeze_listings()  # one command, one look at each source's files
+    with frozen_listings():  # one command, one look at each source's files
+        _main(args, argv)
+
+
+def _main(args: argparse.Namespace, argv: list[str] | None) -> None:
+    from workflow import stages
+
     start = time.perf_counter()
     is_stage = args.command in stages.STAGES
     try:

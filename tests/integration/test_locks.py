@@ -1,8 +1,8 @@
 """Concurrent runs on one workspace: whichever engine starts second refuses, naming the first, and the
 first finishes with complete results (workflow/lock.py, Snakemake's `.snakemake/locks`, DVC's locks).
 
-Real runs of the tiny study's prose curate_shard job (~15 s), long enough for the rivals (~5 s to
-reach their lock) to meet it running.
+Real runs of the tiny study's prose curate_shard job. The first run is paused (SIGSTOP to its whole process
+tree, as a loaded machine might) while its rivals start, so they meet it running however fast the job is.
 """
 
 from __future__ import annotations
@@ -10,9 +10,12 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import signal
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
+import psutil
 import pytest
 
 from workflow import paths
@@ -54,6 +57,19 @@ def wait_for(condition, what: str, timeout: float = 120) -> None:
         time.sleep(0.1)
 
 
+@contextmanager
+def paused(proc: subprocess.Popen):
+    """Stop `proc` and its descendants (they keep their locks and stay alive), continue them on exit."""
+    tree = [psutil.Process(proc.pid), *psutil.Process(proc.pid).children(recursive=True)]
+    for p in tree:
+        p.send_signal(signal.SIGSTOP)
+    try:
+        yield
+    finally:
+        for p in tree:
+            p.send_signal(signal.SIGCONT)
+
+
 def leftovers(repo: Path) -> list[Path]:
     """What an interrupted or corrupted run leaves: temporaries, Snakemake incomplete markers or locks."""
     return [*(repo / "artifacts").rglob("*.tmp-*"), *(repo / ".snakemake/incomplete").rglob("*"),
@@ -65,18 +81,19 @@ def test_snakemake_first_then_dvc_first(repo, start):
     first = start([*SNAKEMAKE, PROSE_SPLIT])
     wait_for(lambda: (repo / "logs/curate_shard/prose-00000.log").exists() or first.poll() is not None,
              "the first run's first job")
-    rivals = {"same files": start([*SNAKEMAKE, PROSE_SPLIT]), "other files": start([*SNAKEMAKE, CODE_SHARD]),
-              "dvc repro": start([*DVC, "repro", "curate_shard-prose-00000"])}
-    results = {name: finish(proc) for name, proc in rivals.items()}
-    late = "" if first.poll() is None else "\n(the first run had ended: it is too short on this machine to test anything)"
+    assert first.poll() is None, finish(first)[1]
+    with paused(first):
+        rivals = {"same files": start([*SNAKEMAKE, PROSE_SPLIT]), "other files": start([*SNAKEMAKE, CODE_SHARD]),
+                  "dvc repro": start([*DVC, "repro", "curate_shard-prose-00000"])}
+        results = {name: finish(proc) for name, proc in rivals.items()}
     busy = f"error: another snakemake run (pid {first.pid}) is running in this workspace"
     code, out = results["same files"]  # Snakemake's own lock, unless a run that ended (the next rival) removed it
     lock_race = ".snakemake/locks/" in out and "No such file or directory" in out  # Snakemake's lock dir, removed by a rival
-    assert code != 0 and ("Directory cannot be locked" in out or busy in out or lock_race), out + late
+    assert code != 0 and ("Directory cannot be locked" in out or busy in out or lock_race), out
     code, out = results["other files"]  # Snakemake allows it (no shared file): workflow/lock.py does not
-    assert code == 1 and busy in out, out + late
+    assert code == 1 and busy in out, out
     code, out = results["dvc repro"]
-    assert code != 0 and "Unable to acquire lock" in out and "Running stage" not in out, out + late
+    assert code != 0 and "Unable to acquire lock" in out and "Running stage" not in out, out
     code, out = finish(first)
     assert code == 0 and "2 of 2 steps (100%) done" in out, out
     assert (repo / PROSE_SPLIT).is_dir() and not (repo / CODE_SHARD).exists() and not leftovers(repo)
@@ -86,10 +103,11 @@ def test_snakemake_first_then_dvc_first(repo, start):
     rwlock = repo / ".dvc/tmp/rwlock"
     wait_for(lambda: (rwlock.exists() and "curate" in rwlock.read_text()) or dvc.poll() is not None,
              "dvc repro to run its stage")
-    refused, dry = start([*SNAKEMAKE, CODE_SHARD]), start([*SNAKEMAKE, "-n", CODE_SHARD])
-    (code, out), (dry_code, dry_out) = finish(refused), finish(dry)
-    late = "" if dvc.poll() is None else "\n(dvc repro had ended: its stage is too short on this machine to test anything)"
-    assert code == 1 and f"error: dvc repro (pid {dvc.pid}) is running in this workspace" in out, out + late
+    assert dvc.poll() is None, finish(dvc)[1]
+    with paused(dvc):
+        refused, dry = start([*SNAKEMAKE, CODE_SHARD]), start([*SNAKEMAKE, "-n", CODE_SHARD])
+        (code, out), (dry_code, dry_out) = finish(refused), finish(dry)
+    assert code == 1 and f"error: dvc repro (pid {dvc.pid}) is running in this workspace" in out, out
     assert dry_code == 0 and "curate_shard" in dry_out, dry_out  # a dry run neither waits nor refuses
     code, out = finish(dvc)
     assert code == 0 and "Updating lock file 'dvc.lock'" in out, out

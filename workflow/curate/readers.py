@@ -17,6 +17,7 @@ import json
 import os
 import sys
 from collections import Counter
+from contextlib import contextmanager
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
@@ -50,6 +51,19 @@ def freeze_listings() -> None:
     global _FROZEN
     if _FROZEN is None:
         _FROZEN = {}
+
+
+@contextmanager
+def frozen_listings() -> Iterator[None]:
+    """`freeze_listings()` for one command: listings made inside are forgotten on exit (a test process runs
+    many commands over files it changes in between)."""
+    global _FROZEN
+    before = _FROZEN
+    freeze_listings()
+    try:
+        yield
+    finally:
+        _FROZEN = before
 
 
 def listed(key: tuple, compute: Callable[[], Any]) -> Any:
