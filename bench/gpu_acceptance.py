@@ -202,7 +202,7 @@ def main() -> None:
     from workflow import paths
     from workflow.params import parse_params
     from workflow.train.backend import fp8_problem
-    from workflow.train.model import flops_per_token
+    from workflow.shapes import flops_per_token
 
     t0 = time.perf_counter()
     gpu = not args.rehearse_on_cpu

@@ -82,7 +82,7 @@ def main() -> None:
         return
 
     from workflow.train.loop import Session
-    from workflow.train.model import flops_per_token
+    from workflow.shapes import flops_per_token
 
     work = Path(tempfile.mkdtemp(prefix="arbor-gpu-smoke-"))
     os.chdir(work)

@@ -197,7 +197,7 @@ def main() -> None:
     import torch
 
     from workflow.train.distributed import set_threads
-    from workflow.train.model import flops_per_token
+    from workflow.shapes import flops_per_token
 
     set_threads()
     work = Path(tempfile.mkdtemp(prefix="arbor-bench-train-"))

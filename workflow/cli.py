@@ -14,6 +14,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from workflow.cost import ACCELERATORS, estimate
 from workflow.errors import StageError, disk_full
 from workflow.params import Params, ParamsError, load_params
 
@@ -34,6 +35,14 @@ def _check(params: Params, args: argparse.Namespace) -> None:
         print(f"backend:  {validate(params.model)}")
     except BackendError as err:
         raise ParamsError(f"{args.params}: {err}") from None
+    print("\n".join(estimate(params, args.accelerator, args.mfu)))
+
+
+def _fraction(text: str) -> float:
+    value = float(text)
+    if not 0 < value <= 1:
+        raise argparse.ArgumentTypeError(f"must be in (0, 1], got {text}")
+    return value
 
 
 def _why(params: Params, args: argparse.Namespace) -> None:
@@ -67,7 +76,10 @@ def _export(params: Params, args: argparse.Namespace) -> None:
 
 Tool = tuple[str, list[tuple[str, dict]], Callable[[Params, argparse.Namespace], None]]
 TOOLS: dict[str, Tool] = {
-    "check": ("Validate params.yaml and print the planned models and the training backend.", [], _check),
+    "check": ("Validate params.yaml; print the planned models, the training backend and the study's estimated cost.",
+              [("--accelerator", dict(default="h100", choices=list(ACCELERATORS), help="GPU of the GPU-hours estimate")),
+               ("--mfu", dict(default=0.4, type=_fraction, help="model FLOPs utilisation assumed (default 0.4)"))],
+              _check),
     "why": ("List each job that would run and what made it stale (params old -> new, inputs, code).",
             [("target", dict(nargs="?", default=None, help="an output path, a model id or a stage (default: everything)"))], _why),
     "resolve": ("Write artifacts/params/<stage>.json, what each DVC stage tracks (the resolved values of the keys it "

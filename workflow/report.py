@@ -30,7 +30,7 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from workflow import paths
+from workflow import cost, integrity, paths
 from workflow.io import atomic_dir, read_json
 from workflow.params import Params
 
@@ -179,6 +179,21 @@ def cost_line(params: Params) -> str:
             f"+ {executed - params.trunk.checkpoints[-1]:,} decay steps; {executed * tps:,} tokens) vs {scratch:,} "
             f"({scratch * tps:,} tokens) to train each of the {n} trained models from scratch: "
             f"{scratch / executed:.2f}× fewer ({1 - executed / scratch:.0%} saved). Merges cost no optimizer steps.")
+
+
+def measured_cost(params: Params, models: list[Model]) -> str:
+    """Tokens trained (the trunk once, each decay's own) and checkpoint bytes written (meta.json's file list)
+    against `python -m workflow check`'s estimate; empty without the model dirs' meta.json."""
+    by_id = {m.id: m for m in models}
+    trunk = by_id[f"trunk-{params.trunk.checkpoints[-1]}"].tokens
+    tokens = trunk + sum(by_id[f"decay-{b}"].tokens - by_id[f"trunk-{d.from_step}"].tokens
+                         for b, d in params.decays.items())
+    metas = [Path(paths.model_dir(m.id)) / "meta.json" for m in models if m.kind != "merge"]
+    if not all(meta.exists() for meta in metas):
+        return ""
+    metas = [read_json(meta) for meta in metas]
+    written = sum(f["bytes"] for meta in metas for f in meta.get(integrity.FILES, {}).values())
+    return cost.versus(params, tokens, written, metas[0].get("trained_on", "cpu"))
 
 
 def findings(params: Params, models: list[Model]) -> list[str]:
@@ -423,9 +438,9 @@ def _md_table(header: list[str], rows: list[list[str]], text_columns: int) -> li
     return ["| " + " | ".join(header) + " |", "| " + " | ".join(align) + " |"] + ["| " + " | ".join(r) + " |" for r in rows]
 
 
-def markdown(header: list[str], rows: list[list[str]], cost: str, checks: list[Check], notes: list[str],
+def markdown(header: list[str], rows: list[list[str]], costs: list[str], checks: list[Check], notes: list[str],
              plots: dict[str, str]) -> str:
-    lines = ["# Study report", "", *_md_table(header, rows, 2), "", TABLE_NOTE, "", cost, "", "## Science check", ""]
+    lines = ["# Study report", "", *_md_table(header, rows, 2), "", TABLE_NOTE, "", *(x for c in costs for x in (c, "")), "## Science check", ""]
     lines += _md_table(CHECK_HEADER, [c.cells() for c in checks], 4) if checks else [NO_CHECKS]
     lines += ["", "## Findings", ""] + [f"- {n}" for n in notes] + ["", "## Plots", ""]
     lines += [f"![{alt}]({rel})\n" for alt, rel in plots.items()]
@@ -439,7 +454,7 @@ def _html_table(header: list[str], rows: list[list[str]]) -> str:
     return f"<table><thead><tr>{head}</tr></thead><tbody>\n{body}</tbody></table>"
 
 
-def html_page(header: list[str], rows: list[list[str]], cost: str, checks: list[Check], notes: list[str],
+def html_page(header: list[str], rows: list[list[str]], costs: list[str], checks: list[Check], notes: list[str],
               images: dict[str, bytes]) -> str:
     e = html.escape
     imgs = "".join(f'<p><img alt="{e(alt)}" src="data:image/png;base64,{base64.b64encode(png).decode()}"></p>\n'
@@ -453,7 +468,7 @@ td,th{{border:1px solid #ccc;padding:3px 8px}}td:nth-child(n+3){{text-align:righ
 <h1>Study report</h1>
 {_html_table(header, rows)}
 <p>{e(TABLE_NOTE)}</p>
-<p>{e(cost)}</p>
+{"".join(f"<p>{e(c)}</p>" for c in costs)}
 <h2>Science check</h2>
 {check_table}
 <h2>Findings</h2>
@@ -471,7 +486,8 @@ def run(params: Params, *, inputs: dict[str, list[str]]) -> None:
     models = collect(params)  # fails on a missing eval before anything is written
     domains = domains_of(params, models)
     header, rows = table(models, domains)
-    cost, checks, notes = cost_line(params), science_checks(params, models), findings(params, models)
+    costs = [c for c in (cost_line(params), measured_cost(params, models)) if c]
+    checks, notes = science_checks(params, models), findings(params, models)
     root = Path(paths.report_dir())
     with matplotlib.style.context("default"), matplotlib.rc_context(RC):
         plots = {"training loss": (Path(paths.loss_plot()).relative_to(root).as_posix(), loss_plot(params, models)),
@@ -483,9 +499,9 @@ def run(params: Params, *, inputs: dict[str, list[str]]) -> None:
             (tmp / rel).parent.mkdir(parents=True, exist_ok=True)
             (tmp / rel).write_bytes(png)
         md = tmp / Path(paths.report_file()).relative_to(root)
-        md.write_text(markdown(header, rows, cost, checks, notes, {alt: rel for alt, (rel, _) in plots.items()}),
+        md.write_text(markdown(header, rows, costs, checks, notes, {alt: rel for alt, (rel, _) in plots.items()}),
                       encoding="utf-8")
-        md.with_suffix(".html").write_text(html_page(header, rows, cost, checks, notes,
+        md.with_suffix(".html").write_text(html_page(header, rows, costs, checks, notes,
                                                      {alt: png for alt, (_, png) in plots.items()}), encoding="utf-8")
     best, (executed, scratch) = min(models, key=lambda m: m.loss), study_cost(params)
     verdicts = [c.result for c in checks]

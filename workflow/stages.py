@@ -313,8 +313,12 @@ def _reads_evaluate(params: Params, model: str) -> list[str]:
 
 
 def _reads_report(params: Params) -> list[str]:
-    """Whole `decays` and `merges`: a new branch needs no new dvc.yaml (the report describes every model)."""
-    return ["model.seq_length", "trunk.checkpoints", "trunk.global_batch_size", *domains(params), "decays", "merges"]
+    """Whole `decays` and `merges`: a new branch needs no new dvc.yaml (the report describes every model); the
+    model's shape and vocabulary for the estimated cost beside the measured one."""
+    shape = ("num_layers", "hidden_size", "num_attention_heads", "num_query_groups", "ffn_hidden_size", "seq_length",
+             "tie_embeddings")
+    return [*(f"model.{k}" for k in shape), "tokenizer.vocab_size", "trunk.checkpoints", "trunk.global_batch_size",
+            *domains(params), "decays", "merges"]
 
 
 # -- the table ----------------------------------------------------------------------------------------

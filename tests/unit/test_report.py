@@ -110,6 +110,30 @@ def test_table_cost_and_findings(study, capsys):
     assert out.count("\n") == 0 and "reports/" in out
 
 
+def test_measured_cost_beside_the_estimate(study):
+    """With every trained model's meta.json: tokens trained (trunk once + each decay's own) and checkpoint bytes
+    written (meta.json's file list) against `check`'s estimate for the same schedule and shape."""
+    from workflow import cost
+    from workflow.shapes import parameters
+
+    stages.call(study, "report")
+    assert "Estimate vs measured" not in Path(paths.report_file()).read_text()  # trunk-20's meta.json is missing
+    steps = {"trunk-10": 10, "trunk-20": 20, "decay-a": 15, "decay-b": 24}
+    for model_id, step in steps.items():
+        write_json(Path(paths.model_dir(model_id)) / "meta.json",
+                   {"step": step, "tokens_seen": step * TOKENS_PER_STEP, "trained_on": "cpu",
+                    "files": {"checkpoint/a": {"bytes": 1000 * step}, "train_log.jsonl": {"bytes": 7}}})
+    stages.call(study, "report")
+    trained = (20 + 5 + 4) * TOKENS_PER_STEP
+    written = 1000 * sum(steps.values()) + 7 * 4
+    planned = parameters(study.model, study.tokenizer.vocab_size) * 12 * 4  # fp32 weights + 2 moments, 4 dirs
+    assert cost.CHECKPOINT_BYTES["cpu"] == (4, 8)
+    line = next(l for l in Path(paths.report_file()).read_text().splitlines() if l.startswith("Estimate vs measured"))
+    assert f"{cost.human(trained)} tokens planned, {cost.human(trained)} trained (1.00×)" in line
+    assert f"{cost.human(planned, 'B')} of trunk and decay checkpoints planned, {cost.human(written, 'B')} written " \
+           f"({written / planned:.2f}×, cpu)" in line
+
+
 def test_plots_html_and_stable_bytes(study):
     stages.call(study, "report")
     root = Path(paths.report_dir())

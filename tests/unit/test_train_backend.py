@@ -11,7 +11,8 @@ from workflow import cli
 from workflow.params import Model, ParamsError, Parallel, parse_params
 from workflow.train import backend as be
 from workflow.train.optimizer import ddp_config
-from workflow.train.model import flops_per_token, ffn_size, padded_vocab_size, transformer_config
+from workflow.shapes import ffn_size, flops_per_token, padded_vocab_size, parameters
+from workflow.train.model import transformer_config
 
 FP8 = {"format": "hybrid", "recipe": "tensorwise", "amax_history_len": 16, "margin": 1, "first_last_layers_bf16": True}
 
@@ -124,6 +125,10 @@ def test_flops_per_token_matches_torch_flop_counter(train_study):
     m = params.model
     attention = 3 * m.num_layers * 4 * m.seq_length * m.hidden_size
     assert flops_per_token(m, tok.vocab_size) == flops_per_token(m, tok.vocab_size, attention=False) + attention
+    for tied in (True, False):  # the cost estimate's parameter count is the real model's
+        shape = m.model_copy(update={"tie_embeddings": tied})
+        real = sum(p.numel() for p in build_model(shape, backend, tok.vocab_size).parameters())
+        assert parameters(shape, tok.vocab_size) == real
 
 
 def test_gpu_rank_uses_the_gpu_of_its_local_rank(monkeypatch):

@@ -71,7 +71,7 @@ def fp8_shape_problems(model: Model) -> list[str]:
     layer's input width (a multiple of 16) and output rows (of 8), and the tokens of a training micro-batch or
     of an evaluation batch (sequences are `model.seq_length`, or padded to a multiple of 16 tokens, never
     beyond `seq_length`: so `seq_length` itself must be a multiple of 16)."""
-    from workflow.train.model import ffn_size
+    from workflow.shapes import ffn_size
 
     tp = model.parallel.tp
     head_dim = model.hidden_size // model.num_attention_heads

@@ -134,7 +134,7 @@ class Session:
         return {"model_id": model_id, "kind": kind, "step": self.step, "consumed_samples": self.consumed_samples,
                 "tokens_seen": self.consumed_samples * self.params.model.seq_length,
                 "lr": self.log[-1]["lr"] if self.log else None, "fingerprint": fingerprint, "lineage": lineage,
-                "has_optimizer": True, "format": {"checkpoint": ckpt.CKPT, "backend": "torch_dist"},
+                "has_optimizer": True, "format": {"checkpoint": ckpt.CKPT, "backend": "torch_dist"}, "trained_on": self.backend.name,
                 "vocab_size": self.tokenizer.vocab_size, "data": self.stream.state(self.position)}
 
     def save(self, directory: str | Path, meta: dict) -> None:

@@ -14,26 +14,10 @@ import torch
 import torch.nn.functional as F
 
 from workflow.params import Model
+from workflow.shapes import ffn_size, padded_vocab_size
 
 if TYPE_CHECKING:  # annotations only: backend.py imports this module, not the other way round
     from workflow.train.backend import Backend
-
-VOCAB_MULTIPLE = 128
-
-
-def padded_vocab_size(vocab_size: int, tp: int = 1) -> int:
-    """The tokenizer's vocabulary rounded up to a multiple of 128, the same for every TP size (so
-    checkpoints reshard); each TP rank holds an equal slice of it."""
-    padded = -(-vocab_size // VOCAB_MULTIPLE) * VOCAB_MULTIPLE
-    if padded % tp:
-        raise ValueError(f"model.parallel.tp = {tp} does not divide the padded vocabulary ({padded}); use a power of two")
-    return padded
-
-
-def ffn_size(model: Model) -> int:
-    """SwiGLU inner size: params value, or 8/3 * hidden rounded up to a multiple of 64."""
-    return model.ffn_hidden_size or -(-(8 * model.hidden_size // 3) // 64) * 64
-
 
 def transformer_config(model: Model, config_kwargs: dict, tp: int = 1, pp: int = 1):
     """megatron's TransformerConfig of `model` with a backend's precision settings (`Backend.config_kwargs`).
@@ -117,12 +101,3 @@ def token_losses(gpt: torch.nn.Module, backend: Backend, tokens: torch.Tensor, l
     positions = torch.arange(tokens.size(1), device=tokens.device).unsqueeze(0).expand_as(tokens)
     with backend.autocast():
         return gpt(tokens, positions, None, labels=labels).float()
-
-
-def flops_per_token(model: Model, vocab_size: int, attention: bool = True) -> float:
-    """Training FLOPs per token: 3x the forward matmuls (projections, SwiGLU, logits) plus, with `attention`,
-    the score and value products counted in full as in the PaLM / Megatron MFU convention."""
-    h, s, layers = model.hidden_size, model.seq_length, model.num_layers
-    kv = h // model.num_attention_heads * (model.num_query_groups or model.num_attention_heads)
-    per_layer = 2 * h * (h + 2 * kv) + 2 * h * h + 2 * 3 * h * ffn_size(model) + (4 * s * h if attention else 0)
-    return 3 * (layers * per_layer + 2 * h * padded_vocab_size(vocab_size))
