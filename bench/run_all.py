@@ -40,6 +40,7 @@ SCRIPTS: dict[str, tuple[list[str], list[str]]] = {
     "merge": (["--repeats", "3"], ["--hidden", "128", "--layers", "2", "--repeats", "1"]),
     "dag_noop": (["--branches", "50", "200", "--repeats", "3"], ["--branches", "6", "--repeats", "1"]),
     "plan_scale": (["--files", "1000", "5000", "25000", "--repeats", "3"], ["--files", "60", "--branches", "4"]),
+    "dvc_checkpoints": ([], ["--hidden", "64", "--layers", "2"]),
     "make_run": ([], ["--skip"]),
     "gpu_smoke": ([], ["--steps", "6"]),
     "gpu_acceptance": ([], []),

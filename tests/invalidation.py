@@ -145,6 +145,9 @@ SPECIAL: dict[str, Callable[[Any, dict], list[Any]]] = {
     "tokenizer.special_tokens": lambda v, raw: [["<|user|>"]],
     "decays.*.from_step": lambda v, raw: [c for c in raw["trunk"]["checkpoints"] if c != v],
     "merges.*.models": lambda v, raw: [[*v[:-1], m] for m in ("decay-late", "trunk-24", "decay-short") if m not in v] if v else [],
+    # switching the mode changes what dvc.yaml declares as outputs (`dvc commit -f` records them, nothing
+    # re-runs); the mode has its own matrix (test_invalidation.py::test_manifest_mode_flags_what_the_cache_mode_flags)
+    "dvc.checkpoints": lambda v, raw: [],
 }
 USER_TOKENIZER = "user-tokenizer.json"  # the matrix copies the study's tokenizer here for `tokenizer.path`
 

@@ -395,6 +395,10 @@ class JobResources(Section):
     constraint: str | None = Field(None, min_length=1, description="SLURM node constraint (--constraint), e.g. a GPU model feature.")
 
 
+class Dvc(Section):
+    checkpoints: Literal["cache", "manifest"] = Field("cache", description="cache: DVC hashes and caches every model directory (pushed to a remote like any output); manifest: DVC tracks each model directory by its meta.json alone, which lists every file's size and SHA-256 and is checked on every load, so a checkpoint of any size costs DVC one small file (checkpoints then stay on the filesystem: not cached, not pushed).")
+
+
 class Params(Section):
     sources: dict[Name, Source] = Field(min_length=1)
     curation: Curation = Curation()
@@ -405,6 +409,7 @@ class Params(Section):
     merges: dict[Name, Merge] = Field(default_factory=dict)
     eval: Eval = Eval()
     resources: dict[Name, JobResources] = Field(default_factory=dict, description="Cluster requests per stage, keyed by stage name (workflow/stages.py); runtime settings, never tracked.")
+    dvc: Dvc = Field(Dvc(), description="How dvc.yaml tracks large outputs; an engine setting, never tracked.")
 
     @model_validator(mode="after")
     def _cross_checks(self) -> "Params":

@@ -5,6 +5,8 @@ Paths are relative to the repository root, the working directory of every stage.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 
 ARTIFACTS = "artifacts"
 REPORTS = "reports"
@@ -72,6 +74,16 @@ def model_dir(model_id: str) -> str:
     """The directory of `trunk-<N>`, `decay-<branch>` or `merge-<name>` (ids are checked where they are read)."""
     kind, key = model_id.split("-", 1)
     return {"trunk": trunk_dir, "decay": decay_dir, "merge": merge_dir}[kind](key)
+
+
+def is_model_dir(path: str) -> bool:
+    """True for a trunk checkpoint's, a decay's or a merge's directory (also as a DVC template)."""
+    return str(Path(path).parent) in {trunk_root(), str(Path(decay_dir("x")).parent), str(Path(merge_dir("x")).parent)}
+
+
+def model_meta(model_dir_path: str) -> str:
+    """A model directory's meta.json: written last, it lists every other file's size and SHA-256."""
+    return f"{model_dir_path}/meta.json"
 
 
 def eval_file(model_id: str) -> str:

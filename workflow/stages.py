@@ -36,6 +36,7 @@ UNTRACKED = {
     "trunk.save_interval": "where a job saves resume points; a resumed run ends with the same bytes",
     "trunk.log_interval": "how often the job's log prints a line",
     "resources": "what jobs ask the cluster for",
+    "dvc": "how dvc.yaml tracks model directories (whole, or by their meta.json): the same bytes either way",
 }
 
 

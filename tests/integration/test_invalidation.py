@@ -178,6 +178,29 @@ def test_appending_files_runs_only_their_jobs(study, tmp_path):
     assert smk == want.snakemake and dvc == want.dvc
 
 
+def test_manifest_mode_flags_what_the_cache_mode_flags(study, tmp_path):
+    """`dvc.checkpoints: manifest`: DVC tracks each model directory by its meta.json (every file's size and
+    SHA-256), so it hashes no checkpoint; after `dvc commit` nothing is stale, and each canonical edit makes
+    `dvc status` flag exactly the stages it flags in the default mode."""
+    repo = shutil.copytree(study.repo, tmp_path / "repo", symlinks=True)
+    write_study(repo, set_key(study.raw, "dvc.checkpoints", "manifest"))
+    run([sys.executable, "-m", "workflow", "dvc-yaml"], repo)
+    run([sys.executable, "-m", "dvc", "commit", "--force", "--quiet"], repo)
+    lock = yaml.safe_load((repo / "dvc.lock").read_text())["stages"]
+    outs = {o["path"] for stage in lock.values() for o in stage.get("outs", [])}
+    models = [paths.model_dir(m) for m in study.params.model_ids()]
+    assert {paths.model_meta(m) for m in models} <= outs and not outs & {*models, paths.trunk_root()}
+    assert plans(repo)[1] == set()
+    mismatches = []
+    for edit in canonical_edits(study.raw):
+        write_study(repo, set_key(edit.raw, "dvc.checkpoints", "manifest"))
+        want = expected(study.params, load_params(repo / "params.yaml"), study.reads, study.present, study.collections)
+        dvc = plans(repo)[1]
+        if dvc != want.dvc:
+            mismatches.append(f"{edit.name}: extra {sorted(dvc - want.dvc)}, missing {sorted(want.dvc - dvc)}")
+    assert not mismatches, "\n".join(mismatches)
+
+
 def snakemake_plan(repo: Path) -> set[str]:
     out = run([sys.executable, "-m", "snakemake", "--profile", "profiles/local", "-n", "--cores", "2"], repo,
               env={"SLURM_CONF": "/dev/null"}).stdout

@@ -76,11 +76,20 @@ class _Templates(Hook):
         raise KeyError(name)
 
 
-def _deps(stage: stages.Stage, inputs: stages.Inputs) -> list[str]:
+def _tracked_path(params: Params, path: str) -> str:
+    """What DVC tracks for `path`: the path, or a model directory's meta.json in `dvc.checkpoints: manifest` mode."""
+    return paths.model_meta(path) if params.dvc.checkpoints == "manifest" and paths.is_model_dir(path) else path
+
+
+def _deps(params: Params, stage: stages.Stage, inputs: stages.Inputs) -> list[str]:
     """A stage's DVC dependencies: its inputs, the groups of `stage.dvc_dir_groups` by the directories holding them
-    (fewer dependencies to check, and new items there need no new dependency list)."""
+    (fewer dependencies to check, and new items there need no new dependency list), except model directories
+    in manifest mode (a directory dependency would hash every checkpoint byte)."""
+    def by_dir(group: str, files: list[str]) -> bool:
+        return group in stage.dvc_dir_groups and not any(_tracked_path(params, f) != f for f in files)
+
     return list(dict.fromkeys(d for group, files in inputs.items() for f in files
-                              for d in ([str(Path(f).parent)] if group in stage.dvc_dir_groups else [f])))
+                              for d in ([str(Path(f).parent)] if by_dir(group, files) else [_tracked_path(params, f)])))
 
 
 def _block_name(stage: stages.Stage, block: stages.Foreach) -> str:
@@ -157,8 +166,11 @@ def _layout(params: Params) -> tuple[dict[str, Any], dict[str, dict[str, Any]]]:
             continue
         if stage.run_all is not None:  # one stage for every instance: the trunk resumes from its last valid checkpoint
             outs = [o for job in jobs for o in job.outputs]
-            deps = list(dict.fromkeys(d for job in jobs for d in _deps(stage, job.inputs(params)) if d not in outs))
-            add(stage.name, f"{CLI} {stage.name}", deps, [{str(Path(outs[0]).parent): {"persist": True}}], stage.name)
+            # the folder holding every output (new ones need no new dvc.yaml), or each meta.json in manifest mode
+            tracked = [_tracked_path(params, o) for o in outs]
+            deps = list(dict.fromkeys(d for job in jobs for d in _deps(params, stage, job.inputs(params)) if d not in tracked))
+            persisted = [str(Path(outs[0]).parent)] if tracked == outs else tracked
+            add(stage.name, f"{CLI} {stage.name}", deps, [{o: {"persist": True}} for o in persisted], stage.name)
             keys = [k for job in jobs for k in stage.reads(params, **job.key)] + list(stage.run_all_reads)
             files[stage.name] = _tracked(params, keys, [i for job in jobs for i in stages.flat(job.inputs(params))])
         elif stage.dvc:
@@ -166,8 +178,9 @@ def _layout(params: Params) -> tuple[dict[str, Any], dict[str, dict[str, Any]]]:
                 if block.when and not getattr(params, block.when):
                     continue
                 name = _block_name(stage, block)
-                deps = _deps(stage, stage.inputs(tpl, **block.keys))
-                body = add(name, stage.command(block.keys), deps, stage.outputs(**block.keys), f"{name}@{_placeholder(block)}")
+                deps = _deps(params, stage, stage.inputs(tpl, **block.keys))
+                outs = [_tracked_path(params, o) for o in stage.outputs(**block.keys)]
+                body = add(name, stage.command(block.keys), deps, outs, f"{name}@{_placeholder(block)}")
                 st[name] = {"foreach": block.items, "do": body}
                 for job in jobs:
                     if stage_name(stage, job.key).startswith(f"{name}@"):
@@ -175,8 +188,8 @@ def _layout(params: Params) -> tuple[dict[str, Any], dict[str, dict[str, Any]]]:
                                                                      stages.flat(job.inputs(params)))
         else:
             for job in jobs:
-                deps, name = _deps(stage, job.inputs(tpl)), stage_name(stage, job.key)
-                add(name, job.command, deps, job.outputs, name)
+                deps, name = _deps(params, stage, job.inputs(tpl)), stage_name(stage, job.key)
+                add(name, job.command, deps, [_tracked_path(params, o) for o in job.outputs], name)
                 files[name] = _tracked(params, stage.reads(params, **job.key), stages.flat(job.inputs(params)))
     return st, {paths.stage_params(name): content for name, content in files.items()}
 
