@@ -4,12 +4,15 @@
 `point(<event>)` it reaches; with `ARBOR_FAULT_SCOPE=group` it kills its whole process group (the engine that
 started the job too, as a lost node does). Unset, `point` is a no-op. Events (where the job is when it dies):
 
+    curate.shard        a curate job has closed one shard file of its temporary dir, before the next or its stats
     io.replace          a complete temporary file or dir (`workflow/io.py`), just before it replaces its output
+    io.replaced         a dir output is in place (`atomic_dir`), the job has not ended yet
     checkpoint.shard    a checkpoint's tensor shards are written, its log, curves and meta.json are not yet
     train.saved         a training run has written a resume point (`trunk.save_interval`) and not trained on
     tokenize.publish    tokenize's publish: the old stats file removed, some .bin/.idx pairs replaced, not all
     merge.input         a merge has read and accumulated one more input model, before the next
     eval_tasks.write    eval_tasks has written one task file of its dir, before the next
+    evaluate.model      evaluate has loaded the model, before it scores anything
     evaluate.heldout    evaluate has the held-out metrics, before its lm-eval tasks run
     report.plot         report has written one plot into its temporary dir, before the next
 """
@@ -33,6 +36,7 @@ def wanted() -> tuple[str, int] | None:
 
 def point(event: str) -> None:
     """SIGKILL this process (or its group) when it reaches the n-th occurrence of `event` named by ARBOR_FAULT."""
+    _trace(event)
     fault = wanted()
     if fault is None or fault[0] != event:
         return
@@ -41,3 +45,10 @@ def point(event: str) -> None:
         if os.environ.get("ARBOR_FAULT_SCOPE") == "group":
             os.killpg(os.getpgid(0), signal.SIGKILL)
         os.kill(os.getpid(), signal.SIGKILL)
+
+
+def _trace(event: str) -> None:  # TEMPORARY exploration
+    path = os.environ.get("ARBOR_FAULT_TRACE")
+    if path:
+        with open(path, "a") as f:
+            f.write(f"{os.getpid()} {event}\n")

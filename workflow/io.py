@@ -76,6 +76,7 @@ def atomic_dir(path: str | Path) -> Iterator[Path]:
     else:
         os.replace(tmp, path)
     _fsync_dir(path.parent)
+    faults.point("io.replaced")
 
 
 @contextlib.contextmanager

@@ -68,6 +68,7 @@ def run(params: Params, model: str, *, inputs: dict[str, list[str]]) -> None:
 
     model_id = model
     loaded = load_model(params, model_id)
+    faults.point("evaluate.model")
     heldout = heldout_metrics(params, loaded)
     faults.point("evaluate.heldout")
     tasks = run_tasks(params, loaded)
