@@ -2,12 +2,14 @@
 
 `ARBOR_FAULT=<event>[:<n>]` in the environment makes the process SIGKILL itself at the n-th (default: first)
 `point(<event>)` it reaches; with `ARBOR_FAULT_SCOPE=group` it kills its whole process group (the engine that
-started the job too, as a lost node does). Unset, `point` is a no-op. Events (where the job is when it dies):
+started the job too, as a lost node does). `ARBOR_FAULT_DELAY=<event>:<seconds>` sleeps at every occurrence
+instead (a slow node: a job that needs longer than its walltime). Unset, `point` is a no-op. Events:
 
     curate.shard        a curate job has closed one shard file of its temporary dir, before the next or its stats
     io.replace          a complete temporary file or dir (`workflow/io.py`), just before it replaces its output
     io.replaced         a dir output is in place (`atomic_dir`), the job has not ended yet
     checkpoint.shard    a checkpoint's tensor shards are written, its log, curves and meta.json are not yet
+    train.step          a training run has finished one optimizer step
     train.saved         a training run has written a resume point (`trunk.save_interval`) and not trained on
     tokenize.publish    tokenize's publish: the old stats file removed, some .bin/.idx pairs replaced, not all
     merge.input         a merge has read and accumulated one more input model, before the next
@@ -21,6 +23,7 @@ from __future__ import annotations
 
 import os
 import signal
+import time
 
 _seen: dict[str, int] = {}
 
@@ -36,7 +39,9 @@ def wanted() -> tuple[str, int] | None:
 
 def point(event: str) -> None:
     """SIGKILL this process (or its group) when it reaches the n-th occurrence of `event` named by ARBOR_FAULT."""
-    _trace(event)
+    delay = os.environ.get("ARBOR_FAULT_DELAY")
+    if delay and delay.rpartition(":")[0] == event:
+        time.sleep(float(delay.rpartition(":")[2]))
     fault = wanted()
     if fault is None or fault[0] != event:
         return
@@ -46,9 +51,3 @@ def point(event: str) -> None:
             os.killpg(os.getpgid(0), signal.SIGKILL)
         os.kill(os.getpid(), signal.SIGKILL)
 
-
-def _trace(event: str) -> None:  # TEMPORARY exploration
-    path = os.environ.get("ARBOR_FAULT_TRACE")
-    if path:
-        with open(path, "a") as f:
-            f.write(f"{os.getpid()} {event}\n")

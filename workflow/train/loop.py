@@ -252,6 +252,7 @@ class Session:
         with bar, stop.installed():
             while self.step < end_step:
                 row = self.train_step()
+                faults.point("train.step")
                 bar.update(1)
                 if self.step % log_every == 0 or self.step == end_step:
                     if tty:
