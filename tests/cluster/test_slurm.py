@@ -139,12 +139,13 @@ def test_trunk_trains_across_two_nodes_as_one_process_does(cluster_run, tmp_path
 
 # --- walltime and preemption ------------------------------------------------------------------
 
-SEGMENT, STEP_DELAY = 400, 0.25  # steps of the stopped segment, made to need ~100 s > its 1-minute walltime
+SEGMENT, STEP_DELAY = 200, 0.5  # steps of the stopped segment, made to need ~100 s > its 1-minute walltime
 STOPPED = re.compile(r"stopped by SLURM at step (\d+), saved; resume from (\d+)")
+RESUMED = re.compile(rf"trunk-{SEGMENT}: resuming from \S+ \(step (\d+)\)")
 
 
-def slurm_job_ids(run_id: str) -> list[str]:
-    out = subprocess.run(["squeue", "-h", "-t", "all", "-n", run_id, "-o", "%i"], capture_output=True, text=True).stdout
+def running_jobs(run_id: str) -> list[str]:
+    out = subprocess.run(["squeue", "-h", "-t", "RUNNING", "-n", run_id, "-o", "%i"], capture_output=True, text=True).stdout
     return out.split()
 
 
@@ -156,10 +157,10 @@ def stopped_run(slurm, tmp_path_factory) -> dict:
     params = micro_params()
     params["trunk"].update(checkpoints=[SEGMENT], save_interval=SEGMENT)  # no resume point but SIGTERM's
     params["resources"] = {"trunk": {"cpus": 1, "mem_mb": 1500, "runtime": 1, "partition": "debug"}}
-    repo = copy_repo(tmp_path_factory.mktemp("stopped"), params)
+    repo = copy_repo(tmp_path_factory.mktemp("stopped") / "repo", params)
     run([sys.executable, "-m", "workflow", "dvc-yaml"], repo)
     run([sys.executable, "-m", "snakemake", "--profile", "profiles/local", "--cores", "2", "--until", "tokenize"], repo)
-    reference = clone_study(repo, tmp_path_factory.mktemp("uninterrupted") / "repo")
+    reference = clone_study(repo, repo.parent / "uninterrupted")
     uninterrupted = subprocess.Popen([sys.executable, "-m", "workflow", "trunk", "--step", str(SEGMENT)], cwd=reference,
                                      stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     target, stage_log = paths.trunk_dir(SEGMENT), repo / engine.job_file("trunk", "logs", ".log").format(step=SEGMENT)
@@ -167,22 +168,25 @@ def stopped_run(slurm, tmp_path_factory) -> dict:
     with open(repo.parent / "snakemake.log", "w") as out:
         cluster = subprocess.Popen([sys.executable, "-m", "snakemake", "--profile", "cluster", *STATUS_FLAGS, target],
                                    cwd=repo, stdout=out, stderr=subprocess.STDOUT, text=True, env=slow)
-    requeued = None
-    try:
-        deadline = time.monotonic() + 300
-        while requeued is None and cluster.poll() is None and time.monotonic() < deadline:
-            if stage_log.exists() and re.search(rf"trunk-{SEGMENT} step \d+/", stage_log.read_text()):
+    requeued, stops, resumes, deadline = None, [], [], time.monotonic() + 600
+    try:  # each attempt rewrites the stage log: its lines are collected while it runs
+        while cluster.poll() is None and time.monotonic() < deadline:
+            text = stage_log.read_text() if stage_log.exists() else ""
+            stops += [m[0] for m in STOPPED.finditer(text) if m[0] not in stops]
+            resumes += [int(m[1]) for m in RESUMED.finditer(text) if int(m[1]) not in resumes]
+            if requeued is None and re.search(rf"trunk-{SEGMENT} step \d+/", text):
                 run_id = re.search(r"SLURM run ID: (\S+)", (repo.parent / "snakemake.log").read_text())[1]
-                requeued = slurm_job_ids(run_id)
+                requeued = running_jobs(run_id)
                 subprocess.run(["scontrol", "requeue", *requeued], check=True, capture_output=True)
             time.sleep(0.5)
-        assert cluster.wait(timeout=600) == 0, (repo.parent / "snakemake.log").read_text()[-4000:]
+        assert cluster.wait(timeout=10) == 0, (repo.parent / "snakemake.log").read_text()[-4000:]
     finally:
         if cluster.poll() is None:
             cluster.kill()
     assert uninterrupted.wait(timeout=600) == 0, uninterrupted.stderr.read()[-3000:]
     log = (repo.parent / "snakemake.log").read_text()
-    return {"repo": repo, "reference": reference, "log": log, "requeued": requeued, "jobs": submissions(log)}
+    return {"repo": repo, "reference": reference, "log": log, "requeued": requeued, "jobs": submissions(log),
+            "stops": stops, "resumes": resumes}
 
 
 def test_requeue_and_walltime_stop_save_and_resume(stopped_run):
@@ -190,14 +194,14 @@ def test_requeue_and_walltime_stop_save_and_resume(stopped_run):
     and training log equal the uninterrupted run's, byte for byte."""
     repo, reference = stopped_run["repo"], stopped_run["reference"]
     assert stopped_run["requeued"], "the segment ended before it could be requeued"
-    slurm_logs = {p.stem: p.read_text() for p in (repo / ".snakemake/slurm_logs/rule_trunk").rglob("*.log")}
-    stage_log = (repo / engine.job_file("trunk", "logs", ".log").format(step=SEGMENT)).read_text()
-    stops = [(int(m[1]), int(m[2])) for text in slurm_logs.values() for m in STOPPED.finditer(text)]
-    resumed = [int(s) for s in re.findall(rf"trunk-{SEGMENT}: resuming from \S+ \(step (\d+)\)", "\n".join(slurm_logs.values()) + stage_log)]
-    print(f"stops {stops}, resumed from {resumed}, SLURM jobs {sorted(slurm_logs)}")
-    assert len(stops) >= 2 and all(a == b for a, b in stops), (stops, slurm_logs)
-    assert sorted({s for s, _ in stops}) == sorted(set(resumed)), (stops, resumed)
-    assert len(stopped_run["jobs"]) == 2  # the walltime's retry is a new job; the requeue kept its id
+    stops = [(int(m[1]), int(m[2])) for m in map(STOPPED.match, stopped_run["stops"])]
+    print(f"stops {stopped_run['stops']}; resumed from {stopped_run['resumes']}; SLURM jobs {sorted(stopped_run['jobs'])}, "
+          f"requeued {stopped_run['requeued']}")
+    assert len(stops) == 2 and all(a == b for a, b in stops) and stops[0][0] < stops[1][0], stopped_run["stops"]
+    assert stopped_run["resumes"] == [a for a, _ in stops]  # the requeued job, then the retry, resumed from the saves
+    assert len(stopped_run["jobs"]) == 2  # the walltime's retry is a new job; the requeued one kept its id
+    first = [p for p in (repo / ".snakemake/slurm_logs/rule_trunk").rglob("*.log") if p.stem != max(stopped_run["jobs"], key=int)]
+    assert [STOPPED.search(p.read_text())[0] for p in first] == [stopped_run["stops"][1]]  # in the timed-out job's log
     for rel in ("checkpoint", "train_log.jsonl", "meta.json"):
         for mine in sorted((repo / paths.trunk_dir(SEGMENT)).glob(rel if rel != "checkpoint" else "checkpoint/*")):
             other = reference / mine.relative_to(repo)
