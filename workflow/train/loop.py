@@ -17,6 +17,7 @@ torch RNG, data stream + position, step and the cumulative train log.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import shutil
 import signal
@@ -138,8 +139,11 @@ class Session:
         # megatron's scheduler state_dict omits the WSD fields; they are rebuilt from params on load
         scheduler = self.scheduler.state_dict() | {"wsd_decay_steps": self.scheduler.wsd_decay_steps,
                                                    "lr_wsd_decay_style": self.scheduler.lr_wsd_decay_style}
-        return {"step": self.step, "scheduler": scheduler, "rng": distributed.rng_state(self.backend),
-                "data": self.stream.state(self.position)}
+        # fresh objects: pickle shares a string object it has seen (the optimizer's group keys are megatron's
+        # literals in a fresh run, unpickled copies in a resumed one), so shared ones made resumed bytes differ
+        fresh = json.loads(json.dumps({"scheduler": scheduler, "data": self.stream.state(self.position)}))
+        return {"step": self.step, "scheduler": fresh["scheduler"], "rng": distributed.rng_state(self.backend),
+                "data": fresh["data"]}
 
     def restore(self, directory: str | Path, keep_log: bool = True) -> None:
         """Continue from a saved model dir (weights, optimizer state, scheduler step, RNG, data position).
