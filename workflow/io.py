@@ -14,6 +14,7 @@ from typing import Any
 
 import zstandard
 
+from workflow import faults
 from workflow.errors import disk_full
 
 
@@ -66,6 +67,7 @@ def atomic_dir(path: str | Path) -> Iterator[Path]:
         err = disk_full(exc, path)
         shutil.rmtree(tmp, ignore_errors=True)
         raise err
+    faults.point("io.replace")
     if path.exists():
         old = path.with_name(f"{path.name}.old-{os.getpid()}")
         os.replace(path, old)
@@ -74,6 +76,7 @@ def atomic_dir(path: str | Path) -> Iterator[Path]:
     else:
         os.replace(tmp, path)
     _fsync_dir(path.parent)
+    faults.point("io.replaced")
 
 
 @contextlib.contextmanager
@@ -92,6 +95,7 @@ def atomic_file(path: str | Path, mode: str = "w") -> Iterator[Any]:
         err = disk_full(exc, path)
         tmp.unlink(missing_ok=True)
         raise err
+    faults.point("io.replace")
     os.replace(tmp, path)
     _fsync_dir(path.parent)
 

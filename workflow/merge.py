@@ -19,7 +19,7 @@ import math
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from workflow import paths
+from workflow import faults, paths
 from workflow.io import atomic_dir, read_json
 from workflow.params import Params
 
@@ -92,6 +92,7 @@ def run(params: Params, name: str, *, inputs: dict[str, list[str]]) -> None:
         meta = ckpt.read_meta(d)
         averaged.append({"model": model_id, "fingerprint": meta["fingerprint"], "step": meta.get("step"),
                          "weight": c / total})
+        faults.point("merge.input")
     with torch.no_grad():
         for k, v in _weights(model).items():
             v.copy_(acc.pop(k).div_(total).to(v.dtype))

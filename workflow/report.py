@@ -30,7 +30,7 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from workflow import cost, integrity, paths
+from workflow import cost, faults, integrity, paths
 from workflow.io import atomic_dir, read_json
 from workflow.params import Params
 
@@ -498,6 +498,7 @@ def run(params: Params, *, inputs: dict[str, list[str]]) -> None:
         for rel, png in plots.values():
             (tmp / rel).parent.mkdir(parents=True, exist_ok=True)
             (tmp / rel).write_bytes(png)
+            faults.point("report.plot")
         md = tmp / Path(paths.report_file()).relative_to(root)
         md.write_text(markdown(header, rows, costs, checks, notes, {alt: rel for alt, (rel, _) in plots.items()}),
                       encoding="utf-8")

@@ -369,7 +369,7 @@ def write_split(encoder: Encoder, dtype, files: list[str], prefix: str, chunk_by
 # -- the stage -------------------------------------------------------------------------------------
 
 def _publish(prefixes: list[str], stats_path: str, stats: dict) -> None:
-    from workflow import integrity
+    from workflow import faults, integrity
     from workflow.io import _fsync_dir, write_json
 
     staged = integrity.manifest([_tmp(p + ext) for p in prefixes for ext in (".bin", ".idx")], Path(stats_path).parent)
@@ -377,6 +377,7 @@ def _publish(prefixes: list[str], stats_path: str, stats: dict) -> None:
     write_json(_tmp(stats_path), {**stats, integrity.FILES: files})  # before replacing anything: a full disk stops here
     Path(stats_path).unlink(missing_ok=True)
     for prefix in prefixes:
+        faults.point("tokenize.publish")
         Path(prefix + ".idx").unlink(missing_ok=True)          # never an old .idx beside a new .bin
         os.replace(_tmp(prefix + ".bin"), prefix + ".bin")
         os.replace(_tmp(prefix + ".idx"), prefix + ".idx")

@@ -14,7 +14,8 @@ import pytest
 from tests.cluster.slurm import LocalSlurm, Unavailable
 
 LOST_CLAIMS = ("the README's SLURM claims are untested: `snakemake --profile cluster` on a real SLURM cluster, "
-               "params.yaml resources reaching sbatch, one job per trunk segment, training across two nodes")
+               "params.yaml resources reaching sbatch, one job per trunk segment, training across two nodes, "
+               "a segment stopped by its walltime and by a requeue resuming where it saved")
 SKIP_PREFIX = "SLURM cluster tests not run"
 
 

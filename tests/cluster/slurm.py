@@ -92,6 +92,7 @@ def slurm_conf(state: Path, nodes: int = 2) -> str:
         "SelectTypeParameters=CR_Core_Memory",
         "ReturnToService=2",
         "MinJobAge=600",  # finished jobs stay visible to `squeue`, the status command without accounting
+        "AuthInfo=cred_expire=10",  # a requeued job may start again after 11 s (default: 121 s)
         "AccountingStorageType=accounting_storage/none",
         "JobAcctGatherType=jobacct_gather/none",
         "SchedulerParameters=sched_interval=1",

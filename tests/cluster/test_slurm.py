@@ -12,10 +12,12 @@ The trunk segments stay single jobs, as on a real cluster; their rule asks for t
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -31,9 +33,10 @@ pytestmark = pytest.mark.slow
 
 TRUNK = {"cpus": 1, "mem_mb": 1500, "runtime": 7, "partition": "debug"}  # per node; model.parallel: 2 nodes
 TWO_NODES = {"nproc_per_node": 1, "nodes": 2}  # two data-parallel replicas, one per node
+STATUS_FLAGS = ["--slurm-status-command", "squeue", "--slurm-no-account", "--slurm-keep-successful-logs",
+                "--slurm-init-seconds-before-status-checks", "2", "--seconds-between-status-checks", "2"]
 TEST_FLAGS = [
-    "--slurm-status-command", "squeue", "--slurm-no-account", "--slurm-keep-successful-logs",
-    "--slurm-init-seconds-before-status-checks", "2", "--seconds-between-status-checks", "2",
+    *STATUS_FLAGS,
     "--groups", *[f"{r}=prep" for r in ("curate_shard", "curate_split", "curate", "tokenizer", "tokenize")],
     *[f"{r}=score" for r in ("evaluate", "report")],
 ]
@@ -132,3 +135,73 @@ def test_trunk_trains_across_two_nodes_as_one_process_does(cluster_run, tmp_path
         assert [r["step"] for r in two_nodes] == [r["step"] for r in single] == list(range(1, step + 1))
         assert [r["loss"] for r in two_nodes] == pytest.approx([r["loss"] for r in single], abs=1e-5)
         assert [r["grad_norm"] for r in two_nodes] == pytest.approx([r["grad_norm"] for r in single], rel=1e-5)
+
+
+# --- walltime and preemption ------------------------------------------------------------------
+
+SEGMENT, STEP_DELAY = 200, 0.5  # steps of the stopped segment, made to need ~100 s > its 1-minute walltime
+STOPPED = re.compile(r"stopped by SLURM at step (\d+), saved; resume from (\d+)")
+RESUMED = re.compile(rf"trunk-{SEGMENT}: resuming from \S+ \(step (\d+)\)")
+
+
+def running_jobs(run_id: str) -> list[str]:
+    out = subprocess.run(["squeue", "-h", "-t", "RUNNING", "-n", run_id, "-o", "%i"], capture_output=True, text=True).stdout
+    return out.split()
+
+
+@pytest.fixture(scope="module")
+def stopped_run(slurm, tmp_path_factory) -> dict:
+    """One trunk segment through `snakemake --profile cluster` with a 1-minute walltime (`resources.trunk.runtime`),
+    requeued once (`scontrol requeue`, as a preemption does) while it trains, then stopped by its walltime: SLURM
+    sends SIGTERM, waits KillWait, then SIGKILLs. Meanwhile the same segment trains uninterrupted on this host."""
+    params = micro_params()
+    params["trunk"].update(checkpoints=[SEGMENT], save_interval=SEGMENT)  # no resume point but SIGTERM's
+    params["resources"] = {"trunk": {"cpus": 1, "mem_mb": 1500, "runtime": 1, "partition": "debug"}}
+    repo = copy_repo(tmp_path_factory.mktemp("stopped") / "repo", params)
+    run([sys.executable, "-m", "workflow", "dvc-yaml"], repo)
+    run([sys.executable, "-m", "snakemake", "--profile", "profiles/local", "--cores", "2", "--until", "tokenize"], repo)
+    reference = clone_study(repo, repo.parent / "uninterrupted")
+    uninterrupted = subprocess.Popen([sys.executable, "-m", "workflow", "trunk", "--step", str(SEGMENT)], cwd=reference,
+                                     stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    target, stage_log = paths.trunk_dir(SEGMENT), repo / engine.job_file("trunk", "logs", ".log").format(step=SEGMENT)
+    slow = {**os.environ, "ARBOR_FAULT_DELAY": f"train.step:{STEP_DELAY}"}  # a slow node: the job outlives its walltime
+    with open(repo.parent / "snakemake.log", "w") as out:
+        cluster = subprocess.Popen([sys.executable, "-m", "snakemake", "--profile", "cluster", *STATUS_FLAGS, target],
+                                   cwd=repo, stdout=out, stderr=subprocess.STDOUT, text=True, env=slow)
+    requeued, stops, resumes, deadline = None, [], [], time.monotonic() + 600
+    try:  # each attempt rewrites the stage log: its lines are collected while it runs
+        while cluster.poll() is None and time.monotonic() < deadline:
+            text = stage_log.read_text() if stage_log.exists() else ""
+            stops += [m[0] for m in STOPPED.finditer(text) if m[0] not in stops]
+            resumes += [int(m[1]) for m in RESUMED.finditer(text) if int(m[1]) not in resumes]
+            if requeued is None and re.search(rf"trunk-{SEGMENT} step \d+/", text):
+                run_id = re.search(r"SLURM run ID: (\S+)", (repo.parent / "snakemake.log").read_text())[1]
+                requeued = running_jobs(run_id)
+                subprocess.run(["scontrol", "requeue", *requeued], check=True, capture_output=True)
+            time.sleep(0.5)
+        assert cluster.wait(timeout=10) == 0, (repo.parent / "snakemake.log").read_text()[-4000:]
+    finally:
+        if cluster.poll() is None:
+            cluster.kill()
+    assert uninterrupted.wait(timeout=600) == 0, uninterrupted.stderr.read()[-3000:]
+    log = (repo.parent / "snakemake.log").read_text()
+    return {"repo": repo, "reference": reference, "log": log, "requeued": requeued, "jobs": submissions(log),
+            "stops": stops, "resumes": resumes}
+
+
+def test_requeue_and_walltime_stop_save_and_resume(stopped_run):
+    """Each stop says in one line where it saved; the next run resumes from there; the weights, optimizer state
+    and training log equal the uninterrupted run's, byte for byte."""
+    repo, reference = stopped_run["repo"], stopped_run["reference"]
+    assert stopped_run["requeued"], "the segment ended before it could be requeued"
+    stops = [(int(m[1]), int(m[2])) for m in map(STOPPED.match, stopped_run["stops"])]
+    print(f"stops {stopped_run['stops']}; resumed from {stopped_run['resumes']}; SLURM jobs {sorted(stopped_run['jobs'])}, "
+          f"requeued {stopped_run['requeued']}")
+    # the requeue, then the walltime (on a loaded machine the 2-minute retry may time out again)
+    assert len(stops) >= 2 and all(a == b for a, b in stops) and stops == sorted(set(stops)), stopped_run["stops"]
+    assert stopped_run["resumes"] == [a for a, _ in stops]  # every restart resumed from the last stop's save
+    assert len(stopped_run["jobs"]) == len(stops)  # each walltime's retry is a new job; the requeued one kept its id
+    for rel in ("checkpoint", "train_log.jsonl", "meta.json"):
+        for mine in sorted((repo / paths.trunk_dir(SEGMENT)).glob(rel if rel != "checkpoint" else "checkpoint/*")):
+            other = reference / mine.relative_to(repo)
+            assert mine.read_bytes() == other.read_bytes(), f"{mine.relative_to(repo)} differs"

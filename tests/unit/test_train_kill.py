@@ -1,5 +1,5 @@
-"""Kill safety: a trunk segment SIGKILLed at random points, then rerun, ends with the weights of an
-uninterrupted run, bit for bit (CPU, fixed seed)."""
+"""Kill safety: a trunk segment SIGKILLed at random points, then stopped by SIGTERM (what SLURM sends at a
+walltime or a requeue), then rerun, ends with the weights of an uninterrupted run, bit for bit (CPU, fixed seed)."""
 
 from __future__ import annotations
 
@@ -32,9 +32,9 @@ def start_segment() -> subprocess.Popen:
                             stderr=subprocess.STDOUT, text=True, start_new_session=True)
 
 
-def kill_after_step(proc: subprocess.Popen, step: int, delay: float) -> str:
+def kill_after_step(proc: subprocess.Popen, step: int, delay: float, sig: int = signal.SIGKILL) -> str:
     """Wait until `proc` logs optimizer step `step`, let it run `delay` s more (into the next step or the
-    save), SIGKILL its process group; returns its output."""
+    save), send `sig` to its process group; returns its output."""
     out = []
     for line in proc.stdout:
         out.append(line)
@@ -42,7 +42,8 @@ def kill_after_step(proc: subprocess.Popen, step: int, delay: float) -> str:
             time.sleep(delay)
             if proc.poll() is not None:
                 pytest.fail(f"the segment finished before it could be killed after step {step}")
-            os.killpg(proc.pid, signal.SIGKILL)
+            os.killpg(proc.pid, sig)
+            out += proc.stdout.readlines()
             proc.wait()
             return "".join(out)
     proc.wait()
@@ -71,6 +72,16 @@ def test_sigkill_at_random_points_then_rerun_is_bit_identical(train_study, train
         assert not Path(paths.trunk_dir(STEPS)).exists(), f"seed {seed}: a killed job left its output"
     saved = ckpt.read_meta(paths.scratch_dir("trunk", f"step-{STEPS}"))["step"]
     assert points[-1] - SAVE_INTERVAL <= saved < STEPS, f"seed {seed}: resume point {saved}, kills {points}"
+
+    term = points[-1] + 3  # SIGTERM: the step ends, a resume point is saved there, exit 143
+    proc = start_segment()
+    out = kill_after_step(proc, term, 0.0, signal.SIGTERM)
+    stopped = re.search(r"stopped by SIGTERM at step (\d+), saved; resume from (\d+)", out)
+    assert proc.returncode == 143 and stopped, f"rc {proc.returncode}:\n{out[-3000:]}"
+    saved = int(stopped[1])
+    assert stopped[1] == stopped[2] and term <= saved <= term + 1
+    assert ckpt.read_meta(paths.scratch_dir("trunk", f"step-{STEPS}"))["step"] == saved
+    assert not Path(paths.trunk_dir(STEPS)).exists()
 
     done = subprocess.run([sys.executable, "-m", "workflow", "trunk", "--step", str(STEPS)], capture_output=True,
                           text=True, timeout=600)

@@ -12,7 +12,7 @@ from typing import IO
 
 import zstandard
 
-from workflow import integrity
+from workflow import faults, integrity
 from workflow.io import write_json
 
 SHARD_NAME = "part-{:05d}.jsonl.zst"
@@ -51,6 +51,7 @@ class ShardWriter:
     def write(self, record: dict) -> None:
         if self.in_shard >= self.shard_docs:
             self._out.close()
+            faults.point("curate.shard")
             self.shard, self.in_shard = self.shard + 1, 0
             self._out = JsonlZst(self.dir / SHARD_NAME.format(self.shard))
         self._out.write(record)
@@ -60,6 +61,7 @@ class ShardWriter:
 
     def close(self) -> None:
         self._out.close()
+        faults.point("curate.shard")
 
 
 def shard_command(directory: str | Path) -> str:

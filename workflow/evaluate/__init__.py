@@ -16,7 +16,7 @@ from __future__ import annotations
 import subprocess
 from pathlib import Path
 
-from workflow import paths
+from workflow import faults, paths
 from workflow.params import Params
 
 META_KEYS = ("fingerprint", "step", "tokens_seen", "consumed_samples")
@@ -68,7 +68,9 @@ def run(params: Params, model: str, *, inputs: dict[str, list[str]]) -> None:
 
     model_id = model
     loaded = load_model(params, model_id)
+    faults.point("evaluate.model")
     heldout = heldout_metrics(params, loaded)
+    faults.point("evaluate.heldout")
     tasks = run_tasks(params, loaded)
     write_json(paths.eval_file(model_id), {"model": model_id, "lineage": lineage(model_id, loaded.meta),
                                            "heldout": heldout, "tasks": tasks})

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import yaml
 
-from workflow import paths
+from workflow import faults, paths
 from workflow.errors import StageError
 from workflow.io import atomic_dir, read_jsonl, write_json
 from workflow.params import LocalTasks, Params
@@ -151,6 +151,7 @@ def run(params: Params, *, inputs: dict[str, list[str]]) -> None:
                          "or raise curation.heldout_fraction")
     with atomic_dir(paths.tasks_dir()) as tmp:
         _write_jsonl(tmp / CLOZE_FILE, cloze)
+        faults.point("eval_tasks.write")
         _write_jsonl(tmp / HELDOUT_FILE, heldout)
         write_json(tmp / "meta.json", {"settings": cfg.model_dump(mode="json"), "domains": counts})
     short = [d for d, n in counts.items() if n["cloze"] < cfg.examples]

@@ -38,7 +38,7 @@ from typing import Any
 
 import torch
 
-from workflow import integrity, paths
+from workflow import faults, integrity, paths
 from workflow.io import atomic_dir, read_json, write_json
 from workflow.errors import StageError
 from workflow.params import TRUNK_LAYOUT, Params, ParamsError, parse_model_id
@@ -143,6 +143,7 @@ def save(directory: str | Path, model: torch.nn.Module, optimizer, state: dict, 
     sharded["state"] = state
     dist_checkpointing.save(sharded, str(directory / CKPT),
                             sharded_strategy=TorchDistSaveShardedStrategy("torch_dist", 1, thread_count=1))
+    faults.point("checkpoint.shard")
     if _rank() != 0:
         return
     _drop_run_ids(directory / CKPT)

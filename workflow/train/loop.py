@@ -16,15 +16,20 @@ torch RNG, data stream + position, step and the cumulative train log.
 
 from __future__ import annotations
 
+import contextlib
+import json
+import os
 import shutil
+import signal
 import sys
+import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import torch
 
-from workflow import paths
+from workflow import faults, paths
 from workflow.params import Parallel, Params
 from workflow.train import backend as be
 from workflow.train import checkpoint as ckpt
@@ -35,6 +40,43 @@ from workflow.train.distributed import is_main
 from workflow.train.model import build_model, token_losses
 
 NEVER = 10**15  # trunk "decay length": the stable phase never reaches its anneal
+EXIT_STOPPED = 143  # 128 + SIGTERM: a job stopped on SIGTERM after saving; a scheduler's retry resumes it
+
+
+class Stop:
+    """SIGTERM (SLURM at a walltime or a preemption/requeue, then SIGKILL after KillWait) asks the run to
+    stop: it ends the current step, saves a resume point and exits. `requested()` is the same on every rank
+    (the signal may reach ranks during different steps): the ranks agree before any of them stops."""
+
+    def __init__(self) -> None:
+        self.flag = False
+
+    @contextlib.contextmanager
+    def installed(self) -> Iterator["Stop"]:
+        if threading.current_thread() is not threading.main_thread():
+            yield self
+            return
+        previous = signal.signal(signal.SIGTERM, self._handle)
+        try:
+            yield self
+        finally:
+            signal.signal(signal.SIGTERM, previous)
+
+    def _handle(self, signum, frame) -> None:
+        self.flag = True
+
+    def requested(self) -> bool:
+        if torch.distributed.is_initialized() and torch.distributed.get_world_size() > 1:
+            flag = torch.tensor([int(self.flag)])
+            torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)
+            return bool(flag.item())
+        return self.flag
+
+
+def stopped_line(step: int) -> str:
+    """The job log's one line when a run stops on SIGTERM."""
+    by = "SLURM" if os.environ.get("SLURM_JOB_ID") else "SIGTERM"
+    return f"stopped by {by} at step {step}, saved; resume from {step}"
 
 
 def schedule(params: Params, branch: str | None = None) -> dict:
@@ -97,8 +139,11 @@ class Session:
         # megatron's scheduler state_dict omits the WSD fields; they are rebuilt from params on load
         scheduler = self.scheduler.state_dict() | {"wsd_decay_steps": self.scheduler.wsd_decay_steps,
                                                    "lr_wsd_decay_style": self.scheduler.lr_wsd_decay_style}
-        return {"step": self.step, "scheduler": scheduler, "rng": distributed.rng_state(self.backend),
-                "data": self.stream.state(self.position)}
+        # fresh objects: pickle shares a string object it has seen (the optimizer's group keys are megatron's
+        # literals in a fresh run, unpickled copies in a resumed one), so shared ones made resumed bytes differ
+        fresh = json.loads(json.dumps({"scheduler": scheduler, "data": self.stream.state(self.position)}))
+        return {"step": self.step, "scheduler": fresh["scheduler"], "rng": distributed.rng_state(self.backend),
+                "data": fresh["data"]}
 
     def restore(self, directory: str | Path, keep_log: bool = True) -> None:
         """Continue from a saved model dir (weights, optimizer state, scheduler step, RNG, data position).
@@ -198,7 +243,8 @@ class Session:
     def train_to(self, end_step: int, model_id: str, scratch: str | None = None,
                  meta: Callable[[], dict] | None = None) -> dict:
         """Train until `self.step == end_step`; every `save_interval` steps (not at the end) save a resume
-        point to `scratch` (atomically). Returns a summary dict and prints a one-line summary."""
+        point to `scratch` (atomically). On SIGTERM (`Stop`) finish the step, save a resume point there, say
+        so in one line and exit EXIT_STOPPED. Returns a summary dict and prints a one-line summary."""
         from tqdm import tqdm
 
         first, t0 = self.step, time.perf_counter()
@@ -206,10 +252,11 @@ class Session:
         tty = sys.stderr.isatty()
         bar = tqdm(total=end_step - first, desc=model_id, unit="step", disable=not (is_main() and tty),
                    dynamic_ncols=True, leave=False)
-        row = None
-        with bar:
+        row, stop = None, Stop()
+        with bar, stop.installed():
             while self.step < end_step:
                 row = self.train_step()
+                faults.point("train.step")
                 bar.update(1)
                 if self.step % log_every == 0 or self.step == end_step:
                     if tty:
@@ -221,8 +268,14 @@ class Session:
                         print(f"{model_id} step {self.step}/{end_step} loss {row['loss']:.4f} lr {row['lr']:.3e} "
                               f"grad_norm {row['grad_norm']:.3f} {row['tokens_per_s']:,.0f} tokens/s "
                               f"eta {eta:,.0f}s", file=sys.stderr, flush=True)
+                if scratch and self.step < end_step and stop.requested():
+                    self.save(scratch, meta())
+                    if is_main():
+                        print(stopped_line(self.step), file=sys.stderr, flush=True)
+                    raise SystemExit(EXIT_STOPPED)
                 if scratch and self.step % interval == 0 and self.step < end_step:
                     self.save(scratch, meta())
+                    faults.point("train.saved")
         seconds = time.perf_counter() - t0
         steps = self.step - first
         tokens = steps * self.params.trunk.global_batch_size * self.params.model.seq_length
