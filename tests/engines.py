@@ -39,8 +39,11 @@ def snakemake_jobs(repo: Path) -> dict[str, Job]:
     from snakemake.api import SnakemakeApi
     from snakemake.settings.types import DAGSettings, OutputSettings, Quietness, ResourceSettings
 
+    from workflow.curate.readers import frozen_listings
+
     jobs: dict[str, Job] = {}
-    with _cwd(repo), SnakemakeApi(OutputSettings(quiet={Quietness.ALL})) as api:
+    # rules/common.smk freezes the sources' listings for its process: here, only while this DAG is built
+    with _cwd(repo), frozen_listings(), SnakemakeApi(OutputSettings(quiet={Quietness.ALL})) as api:
         wf = api.workflow(resource_settings=ResourceSettings(cores=1), snakefile=Path("Snakefile"), workdir=Path("."))
         wf.dag(dag_settings=DAGSettings(forceall=True))
         workflow = wf._workflow  # the public API prints DAGs but does not return them

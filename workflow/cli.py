@@ -36,6 +36,9 @@ def _check(params: Params, args: argparse.Namespace) -> None:
     except BackendError as err:
         raise ParamsError(f"{args.params}: {err}") from None
     print("\n".join(estimate(params, args.accelerator, args.mfu)))
+    from workflow import stages  # jobs per stage as Snakemake plans them (DVC runs the trunk's as one stage)
+
+    print("jobs:     " + ", ".join(f"{n} {len(s.instances(params))}" for n, s in stages.STAGES.items()))
 
 
 def _fraction(text: str) -> float:

@@ -1,4 +1,4 @@
-"""What a study costs, from params.yaml alone: parameters, tokens, training FLOPs, GPU-hours, storage, jobs.
+"""What a study costs, from params.yaml alone: parameters, tokens, training FLOPs, GPU-hours, storage.
 
 FLOPs per trained token are `shapes.flops_per_token` (3x the forward matmuls, attention counted in full,
 the PaLM / Megatron MFU convention). GPU-hours divide by
@@ -57,13 +57,6 @@ def gpu_hours(flops: float, accelerator: str, mfu: float, fp8: bool) -> float:
     return flops / (peak * mfu) / 3600
 
 
-def jobs(params: Params) -> dict[str, int]:
-    """Snakemake jobs per stage (DVC runs some stages' instances as one stage)."""
-    from workflow import stages
-
-    return {name: len(stage.instances(params)) for name, stage in stages.STAGES.items()}
-
-
 def human(n: float, unit: str = "") -> str:
     for scale, suffix in ((1e18, "E"), (1e15, "P"), (1e12, "T"), (1e9, "G"), (1e6, "M"), (1e3, "k")):
         if abs(n) >= scale:
@@ -85,7 +78,6 @@ def estimate(params: Params, accelerator: str = "h100", mfu: float = 0.4) -> lis
                      f" {gpu_hours(r.flops, accelerator, mfu, fp8):>10.3g} GPU-h")
     lines.append(f"storage:  {human(checkpoint_bytes(params, 'gpu'), 'B')} of model directories on GPU "
                  f"({human(checkpoint_bytes(params, 'cpu'), 'B')} on CPU, fp32)")
-    lines.append("jobs:     " + ", ".join(f"{name} {n}" for name, n in jobs(params).items()))
     return lines
 
 

@@ -8,7 +8,7 @@ import sys
 import pytest
 
 from tests.conftest import TINY_PARAMS, run
-from workflow import cli, cost
+from workflow import cli
 from workflow.params import load_params
 from workflow.shapes import flops_per_token
 
@@ -33,13 +33,16 @@ def test_check_prints_tokens_flops_and_gpu_hours(monkeypatch, capsys, tmp_path):
 
 
 def test_estimated_jobs_are_the_jobs_snakemake_plans(repo):
-    """Job counts per stage against the job stats of `snakemake -n` on the same study."""
+    """`check`'s jobs per stage against the job stats of `snakemake -n` on the same study."""
     out = run([sys.executable, "-m", "snakemake", "--profile", "profiles/local", "-n", "--cores", "1"], repo,
               env={"SLURM_CONF": "/dev/null"}).stdout
     planned = {m[0]: int(m[1]) for m in re.findall(r"^(\w+)\s+(\d+)$", out.split("Job stats:")[1], flags=re.M)}
     planned.pop("all", None)
     planned.pop("total", None)
-    assert cost.jobs(load_params(repo / "params.yaml")) == planned
+    line = next(l for l in run([sys.executable, "-m", "workflow", "check"], repo).stdout.splitlines()
+                if l.startswith("jobs:"))
+    estimated = {name: int(n) for name, n in (part.split() for part in line.removeprefix("jobs:").split(","))}
+    assert {k: v for k, v in estimated.items() if v} == planned
 
 
 def test_bad_mfu_and_accelerator_are_refused(capsys):
