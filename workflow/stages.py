@@ -362,7 +362,8 @@ def _reads_evaluate(params: Params, model: str) -> list[str]:
 
 def _reads_report(params: Params) -> list[str]:
     """Whole `decays` and `merges`: a new branch needs no new dvc.yaml (the report describes every model)."""
-    return ["model.seq_length", "trunk.checkpoints", "trunk.global_batch_size", *domains(params), "decays", "merges"]
+    return ["model.seq_length", "trunk.checkpoints", "trunk.global_batch_size", "trunk.data", *domains(params), "decays",
+            "merges"]
 
 
 # -- the table ----------------------------------------------------------------------------------------
