@@ -398,6 +398,7 @@ class Scorer(Section):
     lr: float = Field(0.1, gt=0, description="fasttext training: learning rate.")
     dim: PositiveInt = Field(64, description="fasttext training: embedding size.")
     word_ngrams: PositiveInt = Field(2, description="fasttext training: word n-gram features.")
+    buckets: PositiveInt = Field(100_000, description="fasttext training: hash buckets of the n-gram features (fastText's `bucket`; the model holds buckets x dim floats).")
     max_chars: PositiveInt = Field(20000, description="Characters of each document scored (and trained on): its beginning.")
 
     @model_validator(mode="after")

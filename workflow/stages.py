@@ -324,7 +324,7 @@ def _reads_tokenize(params: Params, domain: str, selection: str | None = None) -
 
 def _reads_classifier(params: Params, scorer: str) -> list[str]:
     return [f"quality.scorers.{scorer}.{k}" for k in ("label", "positives", "negatives", "max_examples", "seed", "epoch",
-                                                      "lr", "dim", "word_ngrams", "max_chars")]
+                                                      "lr", "dim", "word_ngrams", "buckets", "max_chars")]
 
 
 def _reads_score(params: Params, scorer: str, source: str) -> list[str]:

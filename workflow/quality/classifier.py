@@ -2,7 +2,7 @@
 
     artifacts/classifier/<scorer>/
         model.bin     the fastText model (labels: the scorer's `label` for positives, __label__lq)
-        stats.json    examples per class, training accuracy, checksums
+        stats.json    the sources and documents of each class, training accuracy, checksums
 
 Examples are the sources' curated training documents (their first `max_examples`, in curated order), each cut
 to `max_chars`; one thread and the scorer's seed make training deterministic (the same model.bin bytes)."""
@@ -30,7 +30,7 @@ def examples(curated: list[str], limit: int, max_chars: int) -> list[str]:
                 if len(out) >= limit:
                     return out
                 text = fasttext_model.line(rec["text"], max_chars)
-                if text:
+                if text.strip():
                     out.append(text)
     return out
 
@@ -48,11 +48,12 @@ def run(params: Params, scorer: str, *, inputs: dict[str, list[str]]) -> None:
         train_file = os.path.join(work, "train.txt")
         Path(train_file).write_text("\n".join(lines) + "\n", encoding="utf-8")
         model = ft.train_supervised(input=train_file, seed=cfg.seed, thread=1, epoch=cfg.epoch, lr=cfg.lr,
-                                    dim=cfg.dim, wordNgrams=cfg.word_ngrams, verbose=0)
+                                    dim=cfg.dim, wordNgrams=cfg.word_ngrams, bucket=cfg.buckets, verbose=0)
         model.save_model(str(tmp / "model.bin"))
         got = fasttext_model.scores(model, pos + neg, cfg.label)
         correct = sum(s >= 0.5 for s in got[:len(pos)]) + sum(s < 0.5 for s in got[len(pos):])
-        stats = {"scorer": scorer, "positives": len(pos), "negatives": len(neg),
+        stats = {"scorer": scorer, "positives": {"sources": list(cfg.positives), "docs": len(pos)},
+                 "negatives": {"sources": list(cfg.negatives), "docs": len(neg)},
                  "train_accuracy": round(correct / len(got), 4)}
         write_stats(tmp, stats)
     print(f"classifier {scorer}: {len(pos):,} positive / {len(neg):,} negative documents, "

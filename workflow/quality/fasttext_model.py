@@ -21,8 +21,9 @@ def module() -> Any:
 
 
 def line(text: str, max_chars: int) -> str:
-    """A document as one fastText input line: its first `max_chars` characters, whitespace runs as one space."""
-    return " ".join(text[:max_chars].split())
+    """A document as one fastText input line: its first `max_chars` characters, newlines as spaces (fastText's
+    tokenizer splits on ASCII whitespace itself; datatrove's filter feeds it the same line)."""
+    return text[:max_chars].strip().replace("\n", " ")
 
 
 def load(path: str) -> Any:
