@@ -5,7 +5,8 @@
         stats.json    the sources and documents of each class, training accuracy, checksums
 
 Examples are the sources' curated training documents (their first `max_examples`, in curated order), each cut
-to `max_chars`; one thread and the scorer's seed make training deterministic (the same model.bin bytes)."""
+to `max_chars`; one thread and the scorer's seed make training deterministic (the same model.bin bytes; it
+runs in a fresh interpreter, see `fasttext_model.train`)."""
 
 from __future__ import annotations
 
@@ -37,7 +38,7 @@ def examples(curated: list[str], limit: int, max_chars: int) -> list[str]:
 
 def run(params: Params, scorer: str, *, inputs: dict[str, list[str]]) -> None:
     cfg = params.quality.scorers[scorer]
-    ft = fasttext_model.module()
+    fasttext_model.module()  # the training-capable module, or a message saying how to get it
     pos = examples(inputs["positives"], cfg.max_examples, cfg.max_chars)
     neg = examples(inputs["negatives"], cfg.max_examples, cfg.max_chars)
     if not pos or not neg:
@@ -47,9 +48,9 @@ def run(params: Params, scorer: str, *, inputs: dict[str, list[str]]) -> None:
     with atomic_dir(paths.classifier_dir(scorer)) as tmp, tempfile.TemporaryDirectory() as work:
         train_file = os.path.join(work, "train.txt")
         Path(train_file).write_text("\n".join(lines) + "\n", encoding="utf-8")
-        model = ft.train_supervised(input=train_file, seed=cfg.seed, thread=1, epoch=cfg.epoch, lr=cfg.lr,
-                                    dim=cfg.dim, wordNgrams=cfg.word_ngrams, bucket=cfg.buckets, verbose=0)
-        model.save_model(str(tmp / "model.bin"))
+        fasttext_model.train(train_file, str(tmp / "model.bin"), seed=cfg.seed, thread=1, epoch=cfg.epoch, lr=cfg.lr,
+                             dim=cfg.dim, wordNgrams=cfg.word_ngrams, bucket=cfg.buckets, verbose=0)
+        model = fasttext_model.load(str(tmp / "model.bin"))
         got = fasttext_model.scores(model, pos + neg, cfg.label)
         correct = sum(s >= 0.5 for s in got[:len(pos)]) + sum(s < 0.5 for s in got[len(pos):])
         stats = {"scorer": scorer, "positives": {"sources": list(cfg.positives), "docs": len(pos)},
