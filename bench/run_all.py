@@ -34,6 +34,7 @@ import time  # noqa: E402
 SCRIPTS: dict[str, tuple[list[str], list[str]]] = {
     "curate": (["--repeats", "3", "--limit", "2000"], ["--repeats", "1", "--limit", "150"]),
     "remote_read": (["--mb", "64", "--repeats", "3"], ["--mb", "2", "--file-mb", "1", "--repeats", "1"]),
+    "score": (["--limit", "4000", "--repeats", "3"], ["--limit", "200", "--repeats", "1"]),
     "tokenize": (["--corpus-mb", "30", "--repeats", "3"], ["--corpus-mb", "1", "--repeats", "1"]),
     "train": (["--steps", "50", "--repeats", "3"],
               ["--steps", "4", "--repeats", "1", "--hidden", "64", "--layers", "2", "--save-interval", "2"]),

@@ -64,6 +64,8 @@ def normalized(key: str) -> str:
     parts = key.split(".")
     if parts[0] in ("sources", "decays", "merges") and len(parts) > 1:
         parts[1] = "*"
+    if parts[0] == "quality" and len(parts) > 2:  # quality.scorers.<name>, quality.selections.<name>
+        parts[2] = "*"
     return ".".join(parts)
 
 
@@ -144,12 +146,15 @@ SPECIAL: dict[str, Callable[[Any, dict], list[Any]]] = {
     "tokenizer.path": lambda v, raw: ["user-tokenizer.json"],
     "tokenizer.special_tokens": lambda v, raw: [["<|user|>"]],
     "decays.*.from_step": lambda v, raw: [c for c in raw["trunk"]["checkpoints"] if c != v],
+    "trunk.data": lambda v, raw: [s for s in raw.get("quality", {}).get("selections", {}) if s != v],
     "merges.*.models": lambda v, raw: [[*v[:-1], m] for m in ("decay-late", "trunk-24", "decay-short") if m not in v] if v else [],
     # switching the mode changes what dvc.yaml declares as outputs (`dvc commit -f` records them, nothing
     # re-runs); the mode has its own matrix (test_invalidation.py::test_manifest_mode_flags_what_the_cache_mode_flags)
     "dvc.checkpoints": lambda v, raw: [],
 }
 USER_TOKENIZER = "user-tokenizer.json"  # the matrix copies the study's tokenizer here for `tokenizer.path`
+USER_CLASSIFIER = "user-classifier.bin"  # ... and its trained classifier here, for a scorer's ready `model`
+COLLECTIONS = ("sources", "decays", "merges", "quality.scorers", "quality.selections")
 
 
 def special(key: str) -> Callable | None:
@@ -239,7 +244,13 @@ def changed_keys(old: Params, new: Params) -> set[str]:
 
 
 def changed_collections(old: Params, new: Params) -> set[str]:
-    return {c for c in ("sources", "decays", "merges") if list(getattr(old, c)) != list(getattr(new, c))}
+    def items(params: Params, dotted: str) -> list[str]:
+        node: Any = params
+        for part in dotted.split("."):
+            node = getattr(node, part)
+        return list(node)
+
+    return {c for c in COLLECTIONS if items(old, c) != items(new, c)}
 
 
 def expected(old: Params, new: Params, reads: dict[str, set[str]], present: dict[str, set[str]],

@@ -264,6 +264,7 @@ class Trunk(Section):
     mixture: dict[Name, Annotated[float, Field(gt=0)]] | None = Field(None, description="Domain sampling weights; null = proportional to tokens.")
     save_interval: PositiveInt = Field(50, description="Intermediate save every N steps inside a segment (resume point after a crash).")
     log_interval: PositiveInt = Field(1, description="Steps between log lines.")
+    data: Name | None = Field(None, description="A key of `quality.selections`: train on that data variant; null = the whole curated corpus.")
 
     @model_validator(mode="after")
     def _batch_and_order(self) -> "Trunk":
@@ -382,6 +383,53 @@ class Eval(Section):
     local_tasks: LocalTasks = Field(LocalTasks(), description="How `eval_tasks` builds the data of the local tasks.")
 
 
+class Scorer(Section):
+    """A per-document quality score (higher = better), written as attribute shards beside the curated shards.
+    fasttext: P(positive) of a fastText classifier trained on `positives` vs `negatives` (DCLM-style), or of the
+    ready model file `model`; perplexity: minus the per-byte loss (nats) under the causal LM directory `model`."""
+    kind: Literal["fasttext", "perplexity"] = Field(description="fasttext classifier or causal-LM perplexity.")
+    model: str | None = Field(None, description="fasttext: a ready model file (.bin) instead of training; perplexity: a Hugging Face causal LM directory (e.g. from export-hf). Tracked as an input.")
+    label: str = Field("__label__hq", min_length=1, description="fasttext: the label whose probability is the score (a trained model's positive label).")
+    positives: list[Name] = Field(default_factory=list, description="fasttext training: sources whose training documents are positive examples.")
+    negatives: list[Name] = Field(default_factory=list, description="fasttext training: sources whose training documents are negative examples.")
+    max_examples: PositiveInt = Field(20000, description="fasttext training: at most this many documents per class (the first, in curated order).")
+    seed: int = Field(1, description="fasttext training: seed (training is single-threaded, so deterministic).")
+    epoch: PositiveInt = Field(5, description="fasttext training: epochs.")
+    lr: float = Field(0.1, gt=0, description="fasttext training: learning rate.")
+    dim: PositiveInt = Field(64, description="fasttext training: embedding size.")
+    word_ngrams: PositiveInt = Field(2, description="fasttext training: word n-gram features.")
+    buckets: PositiveInt = Field(100_000, description="fasttext training: hash buckets of the n-gram features (fastText's `bucket`; the model holds buckets x dim floats).")
+    max_chars: PositiveInt = Field(20000, description="Characters of each document scored (and trained on): its beginning.")
+
+    @model_validator(mode="after")
+    def _kind(self) -> "Scorer":
+        if self.kind == "perplexity" and (self.model is None or self.positives or self.negatives):
+            raise ValueError("kind perplexity: give `model` (a causal LM directory) and no positives/negatives")
+        if self.kind == "fasttext" and (self.model is None) != bool(self.positives and self.negatives):
+            raise ValueError("kind fasttext: give either `model` (a ready model file) or both `positives` and `negatives`")
+        if set(self.positives) & set(self.negatives):
+            raise ValueError(f"positives and negatives share {sorted(set(self.positives) & set(self.negatives))}")
+        return self
+
+
+class Selection(Section):
+    """A data variant: each source's curated training documents whose score passes, tokenized on its own."""
+    scorer: Name = Field(description="A key of `quality.scorers`.")
+    threshold: float | None = Field(None, description="Keep documents scoring at least this (exactly one of threshold, keep_fraction).")
+    keep_fraction: float | None = Field(None, gt=0, le=1, description="Keep the top fraction of each source's documents by score (ties broken by curated order).")
+
+    @model_validator(mode="after")
+    def _one(self) -> "Selection":
+        if (self.threshold is None) == (self.keep_fraction is None):
+            raise ValueError("give exactly one of threshold and keep_fraction")
+        return self
+
+
+class Quality(Section):
+    scorers: dict[Name, Scorer] = Field(default_factory=dict, description="Named document scorers (the `score` stage; `classifier` trains fastText ones).")
+    selections: dict[Name, Selection] = Field(default_factory=dict, description="Named data variants (the `select` stage), each tokenized with the shared tokenizer; `trunk.data` names the one it trains on.")
+
+
 class JobResources(Section):
     """What each job of one stage asks the cluster for. A runtime setting, not part of the study: no stage
     reads it, so an edit re-runs nothing. Unset keys fall back to the Snakemake profile's `default-resources`."""
@@ -408,6 +456,7 @@ class Params(Section):
     decays: dict[Name, Decay] = Field(default_factory=dict)
     merges: dict[Name, Merge] = Field(default_factory=dict)
     eval: Eval = Eval()
+    quality: Quality = Quality()
     resources: dict[Name, JobResources] = Field(default_factory=dict, description="Cluster requests per stage, keyed by stage name (workflow/stages.py); runtime settings, never tracked.")
     dvc: Dvc = Field(Dvc(), description="How dvc.yaml tracks large outputs; an engine setting, never tracked.")
 
@@ -444,6 +493,16 @@ class Params(Section):
                 raise ValueError(f"merges.{name}.models: lists a model twice")
             if merge.weights is not None and len(merge.weights) != len(inputs):
                 raise ValueError(f"merges.{name}.weights: {len(merge.weights)} weights for {len(inputs)} models")
+        for name, scorer in self.quality.scorers.items():
+            for i, source in [*enumerate(scorer.positives), *enumerate(scorer.negatives)]:
+                if source not in self.sources:
+                    raise ValueError(f"quality.scorers.{name}: '{source}' is not a source; sources: {', '.join(self.sources)}")
+        for name, sel in self.quality.selections.items():
+            if sel.scorer not in self.quality.scorers:
+                raise ValueError(f"quality.selections.{name}.scorer: '{sel.scorer}' is not a key of quality.scorers")
+        if self.trunk.data is not None and self.trunk.data not in self.quality.selections:
+            raise ValueError(f"trunk.data: '{self.trunk.data}' is not a key of quality.selections "
+                             f"(declared: {', '.join(self.quality.selections) or 'none'})")
         self.merge_order()  # raises on cycles
         return self
 

@@ -35,8 +35,11 @@ def tokenizer_file() -> str:
     return f"{tokenizer_dir()}/tokenizer.json"
 
 
-def tokens_prefix(domain: str, split: str = "train") -> str:
-    """Megatron dataset path prefix (without .bin/.idx): train split `<domain>`, held-out `<domain>.heldout`."""
+def tokens_prefix(domain: str, split: str = "train", data: str | None = None) -> str:
+    """Megatron dataset path prefix (without .bin/.idx): train split `<domain>`, held-out `<domain>.heldout`;
+    a data variant's (`quality.selections`, train split only) in its own folder (DVC tracks token folders whole)."""
+    if data is not None:
+        return f"{ARTIFACTS}/variants/{data}/{domain}"
     return f"{ARTIFACTS}/tokens/{domain}" if split == "train" else f"{ARTIFACTS}/tokens/{domain}.{split}"
 
 
@@ -45,8 +48,28 @@ def tokens_files(domain: str) -> list[str]:
     return [f"{tokens_prefix(domain, s)}.{ext}" for s in ("train", "heldout") for ext in ("bin", "idx")] + [tokens_stats(domain)]
 
 
-def tokens_stats(domain: str) -> str:
-    return f"{ARTIFACTS}/tokens/{domain}.stats.json"
+def tokens_stats(domain: str, data: str | None = None) -> str:
+    return f"{tokens_prefix(domain, data=data)}.stats.json"
+
+
+def selected_tokens_files(selection: str, domain: str) -> list[str]:
+    """Everything `tokenize_selected` writes for one data variant and domain (its train split)."""
+    return [f"{tokens_prefix(domain, data=selection)}.{ext}" for ext in ("bin", "idx")] + [tokens_stats(domain, selection)]
+
+
+def classifier_dir(scorer: str) -> str:
+    """A trained fastText quality classifier (`classifier`): model.bin and stats.json."""
+    return f"{ARTIFACTS}/classifier/{scorer}"
+
+
+def attributes_dir(scorer: str, source: str) -> str:
+    """One scorer's per-document scores of one source (`score`): part-*.jsonl.zst of {id, score}, one per curated shard."""
+    return f"{ARTIFACTS}/attributes/{scorer}/{source}"
+
+
+def selected_dir(selection: str) -> str:
+    """A data variant (`select`): per source a keep mask over its curated training documents, and stats.json."""
+    return f"{ARTIFACTS}/selected/{selection}"
 
 
 def trunk_root() -> str:

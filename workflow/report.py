@@ -39,6 +39,7 @@ PNG_METADATA = {"Software": None}  # no matplotlib version in the PNG: stable by
 RC = {"svg.hashsalt": "arbor", "figure.dpi": 100, "savefig.dpi": 110, "font.size": 9}
 BPB_PLOT = "plots/bpb.png"  # relative to the report dir, next to paths.loss_plot()
 MERGE_PLOT = "plots/merges.png"
+SCORE_PLOT = "plots/scores.png"
 PRIMARY_METRICS = ("acc_norm", "acc", "exact_match", "f1", "bits_per_byte", "word_perplexity")  # a task's table column
 
 
@@ -433,15 +434,58 @@ TABLE_NOTE = ("Tokens seen of a merge: the training behind its inputs, the share
 NO_CHECKS = "No decays or LAWA merges to check."
 
 
+SELECTION_HEADER = ["selection", "source", "scorer", "rule", "docs kept", "of", "kept %", "lowest kept score", "tokens kept"]
+
+
+def selection_rows(params: Params, selections: list[str]) -> list[list[str]]:
+    """Per data variant and source: the rule, documents and tokens kept (from `select`'s and its tokens' stats)."""
+    rows = []
+    for sel in selections:
+        stats = read_json(Path(paths.selected_dir(sel)) / "stats.json")
+        rule = f"threshold {stats['threshold']}" if "threshold" in stats else f"top {stats['keep_fraction']:.0%}"
+        for source, s in stats["sources"].items():
+            tokens = read_json(paths.tokens_stats(params.sources[source].domain, sel))["train"]["tokens"]
+            lowest = "" if s["lowest_kept"] is None else f"{s['lowest_kept']:.4f}"
+            rows.append([sel, source, stats["scorer"], rule, f"{s['kept']:,}", f"{s['docs']:,}",
+                         f"{100 * s['kept'] / max(s['docs'], 1):.1f}", lowest, f"{tokens:,}"])
+    return rows
+
+
+def score_plot(selections: list[str]) -> bytes:
+    """Per source, the histogram of each scorer's scores, a dashed line at each selection's cut (its threshold, or
+    the lowest score a keep_fraction kept)."""
+    stats = {sel: read_json(Path(paths.selected_dir(sel)) / "stats.json") for sel in selections}
+    sources = list(next(iter(stats.values()))["sources"])
+    fig, axes = _figure(3.2 * len(sources), 2.6, ncols=len(sources))
+    drawn: set[tuple[str, str]] = set()
+    for ax, source in zip(axes, sources):
+        for i, (sel, st) in enumerate(stats.items()):
+            edges, s = st["bin_edges"], st["sources"][source]
+            if (st["scorer"], source) not in drawn:
+                drawn.add((st["scorer"], source))
+                ax.stairs(s["histogram"], edges, fill=True, alpha=0.4, label=st["scorer"])
+            cut = st.get("threshold", s["lowest_kept"])
+            if cut is not None:
+                ax.axvline(cut, color=f"C{i + 1}", linestyle="--", label=f"{sel}: kept {s['kept']:,}/{s['docs']:,}")
+        ax.set_title(source)
+        ax.set_xlabel("score")
+        ax.legend(fontsize=7)
+    axes[0].set_ylabel("documents")
+    return _png(fig)
+
+
 def _md_table(header: list[str], rows: list[list[str]], text_columns: int) -> list[str]:
     align = ["---"] * text_columns + ["---:"] * (len(header) - text_columns)
     return ["| " + " | ".join(header) + " |", "| " + " | ".join(align) + " |"] + ["| " + " | ".join(r) + " |" for r in rows]
 
 
 def markdown(header: list[str], rows: list[list[str]], costs: list[str], checks: list[Check], notes: list[str],
-             plots: dict[str, str]) -> str:
-    lines = ["# Study report", "", *_md_table(header, rows, 2), "", TABLE_NOTE, "", *(x for c in costs for x in (c, "")), "## Science check", ""]
+             plots: dict[str, str], selection: tuple[str, list[list[str]]] | None = None) -> str:
+    lines = ["# Study report", "", *_md_table(header, rows, 2), "", TABLE_NOTE, "", *(x for c in costs for x in (c, "")),
+             "## Science check", ""]
     lines += _md_table(CHECK_HEADER, [c.cells() for c in checks], 4) if checks else [NO_CHECKS]
+    if selection:
+        lines += ["", "## Data selection", "", selection[0], "", *_md_table(SELECTION_HEADER, selection[1], 4)]
     lines += ["", "## Findings", ""] + [f"- {n}" for n in notes] + ["", "## Plots", ""]
     lines += [f"![{alt}]({rel})\n" for alt, rel in plots.items()]
     return "\n".join(lines)
@@ -455,7 +499,7 @@ def _html_table(header: list[str], rows: list[list[str]]) -> str:
 
 
 def html_page(header: list[str], rows: list[list[str]], costs: list[str], checks: list[Check], notes: list[str],
-              images: dict[str, bytes]) -> str:
+              images: dict[str, bytes], selection: tuple[str, list[list[str]]] | None = None) -> str:
     e = html.escape
     imgs = "".join(f'<p><img alt="{e(alt)}" src="data:image/png;base64,{base64.b64encode(png).decode()}"></p>\n'
                    for alt, png in images.items())
@@ -471,6 +515,7 @@ td,th{{border:1px solid #ccc;padding:3px 8px}}td:nth-child(n+3){{text-align:righ
 {"".join(f"<p>{e(c)}</p>" for c in costs)}
 <h2>Science check</h2>
 {check_table}
+{f"<h2>Data selection</h2><p>{e(selection[0])}</p>{_html_table(SELECTION_HEADER, selection[1])}" if selection else ""}
 <h2>Findings</h2>
 <ul>{"".join(f"<li>{e(n)}</li>" for n in notes)}</ul>
 <h2>Plots</h2>
@@ -494,16 +539,24 @@ def run(params: Params, *, inputs: dict[str, list[str]]) -> None:
                  "held-out bpb": (BPB_PLOT, bpb_plot(models, domains))}
         if params.merges:
             plots["merges vs inputs"] = (MERGE_PLOT, merge_plot(params, models))
+        selections = list(params.quality.selections)
+        if selections:
+            plots["quality scores"] = (SCORE_PLOT, score_plot(selections))
+    data = params.trunk.data
+    selection = (f"The trunk and its decays train on {f'data variant {data}' if data else 'the whole curated corpus'}; "
+                 "held-out losses are always on every source's whole held-out split.",
+                 selection_rows(params, selections)) if selections else None
     with atomic_dir(root) as tmp:
         for rel, png in plots.values():
             (tmp / rel).parent.mkdir(parents=True, exist_ok=True)
             (tmp / rel).write_bytes(png)
             faults.point("report.plot")
         md = tmp / Path(paths.report_file()).relative_to(root)
-        md.write_text(markdown(header, rows, costs, checks, notes, {alt: rel for alt, (rel, _) in plots.items()}),
-                      encoding="utf-8")
+        md.write_text(markdown(header, rows, costs, checks, notes, {alt: rel for alt, (rel, _) in plots.items()},
+                               selection), encoding="utf-8")
         md.with_suffix(".html").write_text(html_page(header, rows, costs, checks, notes,
-                                                     {alt: png for alt, (_, png) in plots.items()}), encoding="utf-8")
+                                                     {alt: png for alt, (_, png) in plots.items()}, selection),
+                                           encoding="utf-8")
     best, (executed, scratch) = min(models, key=lambda m: m.loss), study_cost(params)
     verdicts = [c.result for c in checks]
     print(f"[report] {len(models)} models → {root}/ (summary.md, summary.html, plots/); best held-out loss "

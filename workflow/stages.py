@@ -25,6 +25,7 @@ from workflow.evaluate import run as evaluate_run
 from workflow.evaluate import taskdata
 from workflow.params import TRUNK_LAYOUT, Model, Params, ParamsError, Trunk
 from workflow import merge, report, tokenize, tokenizer
+from workflow.quality import classifier, score, select
 from workflow.train import decay, trunk
 
 Inputs = dict[str, list[str]]
@@ -173,10 +174,20 @@ def earlier_sources(params: Params, source: str) -> list[str]:
     return names[:names.index(source)] if params.curation.exact_dedup_across_sources else []
 
 
-def tokens(params: Params, split: str = "train") -> list[str]:
-    """Every domain's token files of one split, and their stats."""
-    return [f"{paths.tokens_prefix(d, split)}.{ext}" for d in params.domains() for ext in ("bin", "idx")] + \
-        [paths.tokens_stats(d) for d in params.domains()]
+def tokens(params: Params, split: str = "train", data: str | None = None) -> list[str]:
+    """Every domain's token files of one split (of data variant `data`), and their stats."""
+    return [f"{paths.tokens_prefix(d, split, data)}.{ext}" for d in params.domains() for ext in ("bin", "idx")] + \
+        [paths.tokens_stats(d, data) for d in params.domains()]
+
+
+def training_tokens(params: Params) -> list[str]:
+    """The token files trunk and decays train on: the data variant `trunk.data`, or the whole curated corpus."""
+    return tokens(params, data=params.trunk.data)
+
+
+def trains_classifier(params: Params, scorer: str) -> bool:
+    cfg = params.quality.scorers[scorer]
+    return cfg.kind == "fasttext" and cfg.model is None
 
 
 def previous_checkpoint(params: Params, step: int) -> list[str]:
@@ -212,13 +223,36 @@ def _tokenize_inputs(params: Params, domain: str) -> Inputs:
     return {"curated": [paths.curated_dir(params.source_of_domain(domain))], "tokenizer": [paths.tokenizer_dir()]}
 
 
+def _classifier_inputs(params: Params, scorer: str) -> Inputs:
+    cfg = params.quality.scorers[scorer]
+    return {"positives": [paths.curated_dir(s) for s in cfg.positives],
+            "negatives": [paths.curated_dir(s) for s in cfg.negatives]}
+
+
+def _score_inputs(params: Params, scorer: str, source: str) -> Inputs:
+    cfg = params.quality.scorers[scorer]
+    return {"curated": [paths.curated_dir(source)],
+            "model": [paths.classifier_dir(scorer)] if trains_classifier(params, scorer) else [cfg.model]}
+
+
+def _select_inputs(params: Params, selection: str) -> Inputs:
+    scorer = params.quality.selections[selection].scorer
+    return {"scores": [paths.attributes_dir(scorer, s) for s in params.sources]}
+
+
+def _tokenize_selected_inputs(params: Params, selection: str, domain: str) -> Inputs:
+    return {"curated": [paths.curated_dir(params.source_of_domain(domain))], "selected": [paths.selected_dir(selection)],
+            "tokenizer": [paths.tokenizer_dir()]}
+
+
 def _trunk_inputs(params: Params, step: int) -> Inputs:
-    return {"previous": previous_checkpoint(params, step), "tokenizer": [paths.tokenizer_dir()], "tokens": tokens(params)}
+    return {"previous": previous_checkpoint(params, step), "tokenizer": [paths.tokenizer_dir()],
+            "tokens": training_tokens(params)}
 
 
 def _decay_inputs(params: Params, branch: str) -> Inputs:
     return {"parent": [paths.trunk_dir(params.decays[branch].from_step)], "tokenizer": [paths.tokenizer_dir()],
-            "tokens": tokens(params)}
+            "tokens": training_tokens(params)}
 
 
 def _merge_inputs(params: Params, name: str) -> Inputs:
@@ -239,8 +273,11 @@ def _evaluate_inputs(params: Params, model: str) -> Inputs:
 
 def _report_inputs(params: Params) -> Inputs:
     models = params.model_ids()
+    selections = params.quality.selections
     return {"evals": [paths.eval_file(m) for m in models],
-            "logs": [paths.model_dir(m) for m in models if not m.startswith("merge-")]}
+            "logs": [paths.model_dir(m) for m in models if not m.startswith("merge-")],
+            "selections": [paths.selected_dir(s) for s in selections],
+            "selected_tokens": [paths.tokens_stats(d, s) for s in selections for d in params.domains()]}
 
 
 # -- what each stage reads (held against the recorded reads) ------------------------------------------
@@ -282,8 +319,19 @@ def _reads_curate(params: Params, source: str) -> list[str]:
     return [f"sources.{source}.domain", "curation.shard_docs", *fields(params, "curation.decontamination", "ngram")]
 
 
-def _reads_tokenize(params: Params, domain: str) -> list[str]:
+def _reads_tokenize(params: Params, domain: str, selection: str | None = None) -> list[str]:
     return ["tokenizer.eod_token"]
+
+
+def _reads_classifier(params: Params, scorer: str) -> list[str]:
+    return [f"quality.scorers.{scorer}.{k}" for k in ("label", "positives", "negatives", "max_examples", "seed", "epoch",
+                                                      "lr", "dim", "word_ngrams", "buckets", "max_chars")]
+
+
+def _reads_score(params: Params, scorer: str, source: str) -> list[str]:
+    """The model itself is an input (a trained classifier's directory, or the declared file or directory)."""
+    fasttext = params.quality.scorers[scorer].kind == "fasttext"
+    return [f"quality.scorers.{scorer}.{k}" for k in ("kind", "max_chars", *(("label",) if fasttext else ()))]
 
 
 def training_reads(params: Params) -> list[str]:
@@ -319,12 +367,15 @@ def _reads_report(params: Params) -> list[str]:
     shape = ("num_layers", "hidden_size", "num_attention_heads", "num_query_groups", "ffn_hidden_size", "seq_length",
              "tie_embeddings")
     return [*(f"model.{k}" for k in shape), "tokenizer.vocab_size", "trunk.checkpoints", "trunk.global_batch_size",
-            *domains(params), "decays", "merges"]
+            "trunk.data", *domains(params), "decays", "merges"]
 
 
 # -- the table ----------------------------------------------------------------------------------------
 
 SOURCE = Key("source", "a key of `sources`")
+DOMAIN = Key("domain", "a domain of `sources`")
+SCORER = Key("scorer", "a key of `quality.scorers`")
+SELECTION = Key("selection", "a key of `quality.selections`")
 STAGES: dict[str, Stage] = {s.name: s for s in [
     Stage("curate_shard", shard.run, "Filter one group of a source's input files through the per-document pipeline.",
           instances=lambda p: [{"source": s, "part": k} for s in p.sources for k in shard_parts(p, s)],
@@ -342,7 +393,23 @@ STAGES: dict[str, Stage] = {s.name: s for s in [
     Stage("tokenize", tokenize.run, "Write one domain's Megatron .bin/.idx datasets (train + held-out).",
           instances=lambda p: [{"domain": d} for d in p.domains()], inputs=_tokenize_inputs,
           outputs=lambda domain: paths.tokens_files(domain), reads=_reads_tokenize,
-          keys=(Key("domain", "a domain of `sources`"),), directories=False, threads="all"),
+          keys=(DOMAIN,), directories=False, threads="all"),
+    Stage("classifier", classifier.run, "Train one fastText quality classifier from its positive and negative sources.",
+          instances=lambda p: [{"scorer": s} for s in p.quality.scorers if trains_classifier(p, s)],
+          inputs=_classifier_inputs, outputs=lambda scorer: [paths.classifier_dir(scorer)], reads=_reads_classifier,
+          keys=(SCORER,)),
+    Stage("score", score.run, "Score one source's curated documents with one scorer (attribute shards, id -> score).",
+          instances=lambda p: [{"scorer": q, "source": s} for q in p.quality.scorers for s in p.sources],
+          inputs=_score_inputs, outputs=lambda scorer, source: [paths.attributes_dir(scorer, source)],
+          reads=_reads_score, keys=(SCORER, SOURCE)),
+    Stage("select", select.run, "Choose one data variant's documents per source from its scorer's scores.",
+          instances=lambda p: [{"selection": s} for s in p.quality.selections], inputs=_select_inputs,
+          outputs=lambda selection: [paths.selected_dir(selection)],
+          reads=lambda p, selection: [f"quality.selections.{selection}"], keys=(SELECTION,)),
+    Stage("tokenize_selected", tokenize.run_selected, "Write one data variant's Megatron .bin/.idx of one domain (train split).",
+          instances=lambda p: [{"selection": s, "domain": d} for s in p.quality.selections for d in p.domains()],
+          inputs=_tokenize_selected_inputs, outputs=lambda selection, domain: paths.selected_tokens_files(selection, domain),
+          reads=_reads_tokenize, keys=(SELECTION, DOMAIN), directories=False, threads="all"),
     Stage("trunk", trunk.run, "Train the WSD stable phase from the previous trunk checkpoint to this one.",
           instances=lambda p: [{"step": s} for s in p.trunk.checkpoints], inputs=_trunk_inputs,
           outputs=lambda step: [paths.trunk_dir(step)], reads=_reads_trunk,

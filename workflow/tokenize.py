@@ -480,5 +480,65 @@ def run(params: "Params", domain: str, *, inputs: dict[str, list[str]], workers:
           f"{total / max(dt, 1e-9):,.0f} tok/s in {dt:.1f}s -> {paths.tokens_prefix(domain)}.*")
 
 
-__all__ = ["run", "token_dtype", "shards", "default_workers", "prepare", "encode_chunk", "read_chunks", "Encoder",
+def kept_chunks(files: list[str], keep: np.ndarray, origin: str) -> Iterator[tuple[bytes, str]]:
+    """`read_chunks` with only the lines (documents, in curated order) whose `keep` entry is true."""
+    i = 0
+    for chunk, path in read_chunks(files):
+        lines = [line for line in chunk.split(b"\n") if line.strip()]
+        mask = keep[i:i + len(lines)]
+        i += len(lines)
+        yield b"".join(line + b"\n" for line, k in zip(lines, mask) if k), path
+    if i != len(keep):
+        raise ValueError(f"{origin}: its keep mask covers {len(keep):,} documents, the curated source has {i:,}; "
+                         "rerun the select stage")
+
+
+def run_selected(params: "Params", selection: str, domain: str, *, inputs: dict[str, list[str]],
+                 workers: int | None = None) -> None:
+    """Tokenizes the documents data variant `selection` keeps of one domain's curated source (its train split)."""
+    from tokenizers import Tokenizer
+
+    from workflow import integrity, paths
+    from workflow.io import read_json, remove_stale_temporaries
+
+    curated, selected = Path(inputs["curated"][0]), Path(inputs["selected"][0])
+    source = curated.name
+    tok_file = str(Path(inputs["tokenizer"][0]) / "tokenizer.json")
+    for d, rerun in ((curated, f"curate --source {source}"), (selected, f"select --selection {selection}")):
+        if not (d / "stats.json").is_file():
+            raise FileNotFoundError(f"{d}/stats.json is missing: run `python -m workflow {rerun}` first")
+        integrity.verify_meta(read_json(d / "stats.json"), d, rerun)
+    keep = np.load(selected / f"{source}.npy")
+    tok = Tokenizer.from_file(tok_file)
+    eod = tok.token_to_id(params.tokenizer.eod_token)
+    vocab = tok.get_vocab_size(with_added_tokens=True)
+    dtype = token_dtype(max(vocab, max_token_id(tok) + 1))
+    workers = workers or default_workers()[0]
+    prefix, stats_path = paths.tokens_prefix(domain, data=selection), paths.tokens_stats(domain, selection)
+    Path(stats_path).parent.mkdir(parents=True, exist_ok=True)
+    for suffix in (".bin", ".idx", ".ptr"):
+        remove_stale_temporaries(prefix + suffix)
+    remove_stale_temporaries(stats_path)
+    writer = IndexedWriter(prefix, dtype)
+    nbytes = 0
+    try:
+        with Encoder(tok_file, eod, dtype, workers) as encoder:
+            for tokens, lengths, n in encoder.map(kept_chunks(shards(source, "train"), keep, str(selected))):
+                writer.add(tokens, lengths)
+                nbytes += n
+        writer.finalize()
+        counts = {"documents": writer.sequences, "tokens": writer.tokens, "bytes": nbytes,
+                  "bytes_per_token": round(nbytes / writer.tokens, 4) if writer.tokens else 0.0}
+        _publish([prefix], stats_path, {"domain": domain, "source": source, "selection": selection, "vocab_size": vocab,
+                                        "dtype": np.dtype(dtype).name, "eod": eod, "train": counts})
+    except BaseException:
+        writer.discard()
+        for p in (_tmp(prefix + ".bin"), _tmp(prefix + ".idx"), _tmp(stats_path)):
+            Path(p).unlink(missing_ok=True)
+        raise
+    print(f"tokenize {source} ({selection}): {counts['documents']:,} of {len(keep):,} docs, {counts['tokens']:,} tokens "
+          f"-> {prefix}.*")
+
+
+__all__ = ["run", "run_selected", "token_dtype", "shards", "default_workers", "prepare", "encode_chunk", "read_chunks", "Encoder",
            "IndexedWriter", "write_split"]

@@ -22,7 +22,7 @@ import yaml
 
 from tests.conftest import TINY_PARAMS, copy_repo, run
 from tests.engines import dvc_jobs, snakemake_jobs
-from tests.invalidation import (USER_TOKENIZER, Edit, expand, expected, job_inputs, normalized, perturbations, plans,
+from tests.invalidation import (USER_CLASSIFIER, USER_TOKENIZER, Edit, expand, expected, job_inputs, normalized, perturbations, plans,
                                 related, set_key, untracked, write_study)
 from workflow import paths, stages
 from workflow.engines import dvc as dvc_engine
@@ -51,6 +51,8 @@ def study(tmp_path_factory) -> Study:
         env={"ARBOR_RECORD_READS": str(base / "reads"), "SLURM_CONF": "/dev/null"})
     recorded = {f.stem: json.loads(f.read_text()) for f in (base / "reads").glob("*.json")}
     shutil.copy(repo / paths.tokenizer_file(), repo / USER_TOKENIZER)  # for the `tokenizer.path` perturbation
+    scorer = next(iter(yaml.safe_load((repo / "params.yaml").read_text())["quality"]["scorers"]))
+    shutil.copy(repo / paths.classifier_dir(scorer) / "model.bin", repo / USER_CLASSIFIER)  # for a ready classifier
     return Study(repo, recorded)
 
 
@@ -103,6 +105,7 @@ def canonical_edits(raw: dict) -> list[Edit]:
 
     trunk = raw["trunk"]["checkpoints"]
     first_source = next(iter(raw["sources"]))
+    scorer, selection = next(iter(raw["quality"]["scorers"])), next(iter(raw["quality"]["selections"]))
     return [
         edit("extend the trunk by one checkpoint", lambda r: r["trunk"].update(checkpoints=[*trunk, trunk[-1] + 12]),
              "trunk.checkpoints"),
@@ -113,7 +116,8 @@ def canonical_edits(raw: dict) -> list[Edit]:
             language_threshold=0.5), f"sources.{first_source}.steps.language.language_threshold"),
         edit("add a source", lambda r: r["sources"].update(
             extra={"paths": ["data/sample/reference/*.jsonl.zst"], "domain": "extra", "id_key": "id"})),
-        edit("remove a source", lambda r: (r["sources"].pop("code"), r["decays"]["rewarm"].pop("mixture"))),
+        edit("remove a source", lambda r: (r["sources"].pop("code"), r["decays"]["rewarm"].pop("mixture"),
+                                            r.pop("quality"))),  # its scorer learns from code
         edit("drop an input of a merge", lambda r: r["merges"]["lw"].update(models=["decay-rewarm"])),
         edit("change an eval setting", lambda r: r["eval"].update(max_sequences=12), "eval.max_sequences"),
         edit("change the model width", lambda r: r["model"].update(hidden_size=128), "model.hidden_size"),
@@ -121,6 +125,17 @@ def canonical_edits(raw: dict) -> list[Edit]:
              "decays.short"),
         edit("a decay's final LR as a ratio", lambda r: r["decays"]["late"].update(final_lr=None, final_lr_ratio=0.1),
              "decays.late"),
+        edit("change a selection's keep fraction (only selection and what follows re-run)",
+             lambda r: r["quality"]["selections"][selection].update(keep_fraction=0.3),
+             f"quality.selections.{selection}.keep_fraction"),
+        edit("a selection by threshold instead of keep fraction",
+             lambda r: r["quality"]["selections"][selection].update(keep_fraction=None, threshold=0.5),
+             f"quality.selections.{selection}"),
+        edit("change the classifier (scoring re-runs too)", lambda r: r["quality"]["scorers"][scorer].update(epoch=3),
+             f"quality.scorers.{scorer}.epoch"),
+        edit("a ready classifier file instead of training", lambda r: r["quality"]["scorers"][scorer].update(
+            model=USER_CLASSIFIER, positives=[], negatives=[]), f"quality.scorers.{scorer}"),
+        edit("train on a data variant", lambda r: r["trunk"].update(data=selection), "trunk.data"),
         edit("a merge weighted instead of uniform", lambda r: r["merges"]["both"].update(method="weighted", weights=[1, 3]),
              "merges.both"),
     ]
@@ -158,9 +173,12 @@ def test_invalidation_matrix(study, capsys):
     assert not mismatches, "\n".join(mismatches)
 
 
-def test_appending_files_runs_only_their_jobs(study, tmp_path):
+def test_appending_files_runs_only_their_jobs(study, tmp_path, monkeypatch):
     """Ten files appended to a source: new curate_shard jobs for them (the existing groups keep their members
     and their results) and what follows from the source's new data, in both engines."""
+    from workflow.curate import readers
+
+    monkeypatch.setattr(readers, "_FROZEN", None)  # snakemake_jobs built Snakemake's DAG in this process (froze listings)
     repo = shutil.copytree(study.repo, tmp_path / "repo", symlinks=True)
     source = next(s for s, spec in study.params.sources.items() if "*" in spec.paths[0])
     folder = repo / Path(study.params.sources[source].paths[0]).parent

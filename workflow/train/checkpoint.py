@@ -70,7 +70,7 @@ def fingerprint_inputs(params: Params, branch: str | None = None) -> dict:
     data = {}
     for domain in params.domains():
         verify_tokens(params, domain)  # corrupt token files are an error, not new inputs (that would retrain)
-        prefix = paths.tokens_prefix(domain)
+        prefix = paths.tokens_prefix(domain, data=params.trunk.data)
         data[domain] = {"idx_sha256": integrity.sha256(f"{prefix}.idx"),
                         "bin_sha256": integrity.sha256(f"{prefix}.bin")}
     inputs = {"model": model, "trunk": trunk, "tokenizer_sha256": integrity.sha256(paths.tokenizer_file()),

@@ -61,16 +61,18 @@ class TokenizerInfo:
 
 def verify_tokens(params: Params, domain: str, split: str = "train") -> None:
     """Check a split's `.bin/.idx` against the checksums in `<domain>.stats.json` before megatron opens them."""
-    stats_path = Path(paths.tokens_stats(domain))
-    name = Path(paths.tokens_prefix(domain, split)).name
-    rerun = f"tokenize --domain {domain}"
+    data = params.trunk.data if split == "train" else None  # a data variant replaces the train split only
+    stats_path = Path(paths.tokens_stats(domain, data))
+    name = Path(paths.tokens_prefix(domain, split, data)).name
+    rerun = f"tokenize --domain {domain}" if data is None else f"tokenize_selected --selection {data} --domain {domain}"
     integrity.verify_meta(read_json(stats_path), stats_path.parent, rerun, names=[f"{name}.bin", f"{name}.idx"])
 
 
 def domain_weights(params: Params, mixture: dict[str, float] | None) -> dict[str, float]:
     """Normalised sampling weights per domain; `None` = proportional to training tokens."""
     if mixture is None:
-        mixture = {d: float(read_json(paths.tokens_stats(d))["train"]["tokens"]) for d in params.domains()}
+        data = params.trunk.data
+        mixture = {d: float(read_json(paths.tokens_stats(d, data))["train"]["tokens"]) for d in params.domains()}
     weights = {d: float(mixture[d]) for d in params.domains() if mixture.get(d, 0) > 0}
     total = sum(weights.values())
     if total <= 0:
@@ -133,7 +135,7 @@ class DataStream:
         self._blend_sample = np.zeros(0, dtype=np.int64)
 
     def _dataset(self, domain: str, epoch: int):
-        return _epoch(paths.tokens_prefix(domain), _epoch_seed(self.params.trunk.seed, domain, epoch),
+        return _epoch(paths.tokens_prefix(domain, data=self.params.trunk.data), _epoch_seed(self.params.trunk.seed, domain, epoch),
                       self.params.model.seq_length, self.tokenizer)
 
     def _ensure(self, size: int) -> None:
