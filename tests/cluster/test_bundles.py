@@ -48,8 +48,8 @@ def test_curation_jobs_go_to_slurm_in_bundles(slurm, tmp_path):
     jobs = submissions(log)
     shard_logs = [p for p in jobs.values() if "group_curate_shard" in str(p)]
     assert len(jobs) == len(shard_logs) == 2, log
-    # each bundle asks SLURM for its jobs side by side within the profile's 16000 MB (4000 MB each; as many as
-    # the submitting host has cores), one curate_shard runtime (the profile's 60 min) per layer of them
+    # each bundle asks SLURM for its jobs side by side in the profile's 4 slots (as many as the submitting host
+    # has cores): their memory (4000 MB each) and one curate_shard runtime (60 min) per layer of them
     slots = 0
     for record in squeue(list(jobs)).values():
         cpus, mem, minutes = int(record["cpus"]), int(record["mem"].rstrip("M")), minutes_of(record["time"])

@@ -55,7 +55,8 @@ pytestmark = [pytest.mark.faults, pytest.mark.slow]
 
 KIND_OF = {"curate_shard": "curate", "curate_split": "curate", "curate": "curate", "tokenizer": "tokenize",
            "tokenize": "tokenize", "eval_tasks": "eval_tasks", "trunk": "trunk", "decay": "decay", "merge": "merge",
-           "evaluate": "evaluate", "report": "report"}
+           "evaluate": "evaluate", "report": "report", "tokenize_selected": "tokenize",
+           "classifier": "quality", "score": "quality", "select": "quality"}
 # Per engine, downstream first: (kind, the job's `python -m workflow` arguments, its three kills)
 PLAN = {
     "snakemake": [
@@ -66,6 +67,7 @@ PLAN = {
         ("decay", "decay --branch short", ("checkpoint.shard:1", "train.saved:1", "checkpoint.shard:1")),
         ("trunk", "trunk --step 24", ("checkpoint.shard:1", "train.saved:1", "checkpoint.shard:1")),
         ("eval_tasks", "eval_tasks", ("eval_tasks.write:1", "io.replace:1", "io.replace:2")),
+        ("quality", "classifier --scorer prose_like", ("io.replace:1", "io.replaced:1", "io.replace:1")),
         ("tokenize", "tokenize --domain code", ("io.replace:1", "tokenize.publish:1", "tokenize.publish:2")),
         ("curate", "curate --source prose", ("curate.shard:1", "curate.shard:2", "io.replace:2")),
     ],
@@ -76,6 +78,7 @@ PLAN = {
         ("decay", "decay --branch rewarm", ("checkpoint.shard:1", "train.saved:1", "checkpoint.shard:1")),
         ("trunk", "trunk --step 24", ("checkpoint.shard:1", "train.saved:1", "dvc.commit")),  # DVC: `trunk` runs the chain
         ("eval_tasks", "eval_tasks", ("io.replace:2", "eval_tasks.write:1", "io.replace:1")),
+        ("quality", "score --scorer prose_like --source prose", ("io.replaced:1", "io.replace:1", "io.replace:1")),
         ("tokenize", "tokenize --domain prose", ("tokenize.publish:2", "io.replace:1", "tokenize.publish:1")),
         ("curate", "curate --source code", ("curate.shard:1", "io.replace:1", "io.replace:2")),
     ],
