@@ -200,7 +200,9 @@ def test_requeue_and_walltime_stop_save_and_resume(stopped_run):
     # the requeue, then the walltime (on a loaded machine the 2-minute retry may time out again)
     assert len(stops) >= 2 and all(a == b for a, b in stops) and stops == sorted(set(stops)), stopped_run["stops"]
     assert stopped_run["resumes"] == [a for a, _ in stops]  # every restart resumed from the last stop's save
-    assert len(stopped_run["jobs"]) == len(stops)  # each walltime's retry is a new job; the requeued one kept its id
+    # each walltime's retry is a new job (the requeued one kept its id); the test reads each attempt's log while
+    # it runs, and on a loaded machine an attempt can reach its walltime between two reads: more jobs than stops
+    assert len(stopped_run["jobs"]) >= len(stops)
     for rel in ("checkpoint", "train_log.jsonl", "meta.json"):
         for mine in sorted((repo / paths.trunk_dir(SEGMENT)).glob(rel if rel != "checkpoint" else "checkpoint/*")):
             other = reference / mine.relative_to(repo)

@@ -278,6 +278,7 @@ def kill_and_resume(engine: str, plan: list, reference: Path, repo: Path) -> dic
     return kills
 
 
+@pytest.mark.timeout(2400)  # 54 kills and their resumes: about 10 minutes on 2 cores beside the rest of the suite
 def test_kill_every_stage_kind_at_chosen_events_then_resume_is_bit_identical(tiny_study, tmp_path):
     # the engines work side by side, each in its own copy (most of a job is single-threaded start-up)
     with ThreadPoolExecutor(len(PLAN)) as pool:
