@@ -173,12 +173,10 @@ def test_invalidation_matrix(study, capsys):
     assert not mismatches, "\n".join(mismatches)
 
 
-def test_appending_files_runs_only_their_jobs(study, tmp_path, monkeypatch):
+def test_appending_files_runs_only_their_jobs(study, tmp_path):
     """Ten files appended to a source: new curate_shard jobs for them (the existing groups keep their members
-    and their results) and what follows from the source's new data, in both engines."""
-    from workflow.curate import readers
-
-    monkeypatch.setattr(readers, "_FROZEN", None)  # snakemake_jobs built Snakemake's DAG in this process (froze listings)
+    and their results) and what follows from the source's new data, in both engines. (Runs after tests that
+    built Snakemake's DAG in this process: tests/engines.py scopes its frozen listings to that build.)"""
     repo = shutil.copytree(study.repo, tmp_path / "repo", symlinks=True)
     source = next(s for s, spec in study.params.sources.items() if "*" in spec.paths[0])
     folder = repo / Path(study.params.sources[source].paths[0]).parent
