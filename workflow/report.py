@@ -119,7 +119,7 @@ def tokens_seen(params: Params, model_id: str) -> int:
     trunk, decays = history(params, model_id)
     steps = trunk + sum(params.decays[b].total_steps for b in decays)
     if not model_id.startswith("merge-"):
-        meta_path = Path(paths.model_dir(model_id)) / "meta.json"
+        meta_path = Path(paths.model_meta(paths.model_dir(model_id)))
         meta = read_json(meta_path) if meta_path.exists() else {}
         if meta.get("tokens_seen") is not None:
             return int(meta["tokens_seen"])
@@ -167,7 +167,7 @@ def collect(params: Params) -> list[Model]:
 
 def study_cost(params: Params) -> tuple[int, int]:
     """(optimizer steps executed, steps to train every trained model from scratch)."""
-    executed = params.trunk.checkpoints[-1] + sum(d.total_steps for d in params.decays.values())
+    executed = sum(run.steps for run in cost.runs(params))  # the trunk once, then each decay's own steps
     scratch = sum(params.trunk.checkpoints) + sum(d.end_step for d in params.decays.values())
     return executed, scratch
 
@@ -189,7 +189,7 @@ def measured_cost(params: Params, models: list[Model]) -> str:
     trunk = by_id[f"trunk-{params.trunk.checkpoints[-1]}"].tokens
     tokens = trunk + sum(by_id[f"decay-{b}"].tokens - by_id[f"trunk-{d.from_step}"].tokens
                          for b, d in params.decays.items())
-    metas = [Path(paths.model_dir(m.id)) / "meta.json" for m in models if m.kind != "merge"]
+    metas = [Path(paths.model_meta(paths.model_dir(m.id))) for m in models if m.kind != "merge"]
     if not all(meta.exists() for meta in metas):
         return ""
     metas = [read_json(meta) for meta in metas]

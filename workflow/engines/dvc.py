@@ -85,11 +85,12 @@ def _deps(params: Params, stage: stages.Stage, inputs: stages.Inputs) -> list[st
     """A stage's DVC dependencies: its inputs, the groups of `stage.dvc_dir_groups` by the directories holding them
     (fewer dependencies to check, and new items there need no new dependency list), except model directories
     in manifest mode (a directory dependency would hash every checkpoint byte)."""
-    def by_dir(group: str, files: list[str]) -> bool:
-        return group in stage.dvc_dir_groups and not any(_tracked_path(params, f) != f for f in files)
-
-    return list(dict.fromkeys(d for group, files in inputs.items() for f in files
-                              for d in ([str(Path(f).parent)] if by_dir(group, files) else [_tracked_path(params, f)])))
+    deps: list[str] = []
+    for group, files in inputs.items():
+        tracked = [_tracked_path(params, f) for f in files]
+        by_dir = group in stage.dvc_dir_groups and tracked == files
+        deps += [str(Path(f).parent) for f in files] if by_dir else tracked
+    return list(dict.fromkeys(deps))
 
 
 def _block_name(stage: stages.Stage, block: stages.Foreach) -> str:
