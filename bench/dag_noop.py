@@ -46,7 +46,7 @@ def branched(raw: dict, branches: int) -> dict:
     raw = {**raw, "decays": dict(raw.get("decays") or {})}
     steps = raw["trunk"]["checkpoints"]
     for i in range(branches - len(raw["decays"])):
-        raw["decays"][f"bench-{i:03d}"] = {"from_step": steps[i % len(steps)], "fraction": 0.1,
+        raw["decays"][f"bench-{i:03d}"] = {"from": f"main@{steps[i % len(steps)]}", "fraction": 0.1,
                                            "shape": ("linear", "cosine")[i % 2]}
     return raw
 

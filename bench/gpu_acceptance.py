@@ -48,12 +48,13 @@ REWARM_PEAK = 0.004
 def study(backend: str, fp8: str | None, tp: int) -> dict:
     """The tiny study (tests/configs/tiny), with decays that exercise the LR fix: a final LR ratio and a re-warm."""
     raw = yaml.safe_load(TINY.read_text())
+    raw.pop("trunks", None)  # one trunk, main (`trunk` with no --trunk trains it)
     raw["model"].update(backend=backend, fp8={"recipe": fp8, "format": "hybrid"} if fp8 else None)
     if tp > 1:
         raw["model"]["parallel"] = {"tp": tp, "nproc_per_node": tp}
     raw["decays"] = {
-        "short": {"from_step": 12, "steps": 6, "shape": "linear", "final_lr_ratio": 0.1},
-        "late": {"from_step": 24, "steps": 6, "shape": "cosine", "final_lr_ratio": 0.1,
+        "short": {"from": f"main@{12}", "steps": 6, "shape": "linear", "final_lr_ratio": 0.1},
+        "late": {"from": f"main@{24}", "steps": 6, "shape": "cosine", "final_lr_ratio": 0.1,
                  "rewarm": {"steps": 2, "peak_lr": REWARM_PEAK}},
     }
     raw["merges"] = {"both": {"models": ["decay-short", "decay-late"]}}
@@ -126,14 +127,14 @@ def train(repo: Path, raw: dict, everything: bool) -> dict:
     A CPU-backend study runs with no GPU visible."""
     cpu = raw["model"]["backend"] == "cpu"
     out = stage(repo, "trunk", cpu_only=cpu)
-    summaries = re.findall(r"trunk-\d+: \d+ steps .*?, ([\d,]+) tokens in ([\d.]+)s", out)
+    summaries = re.findall(r"[a-z0-9_-]+@\d+: \d+ steps .*?, ([\d,]+) tokens in ([\d.]+)s", out)
     tokens = sum(int(t.replace(",", "")) for t, _ in summaries)
     seconds = sum(float(s) for _, s in summaries)
     for branch in raw["decays"]:
         stage(repo, "decay", "--branch", branch, cpu_only=cpu)
     if everything:
         stage(repo, "merge", "--name", "both", cpu_only=cpu)
-        models = [f"trunk-{s}" for s in raw["trunk"]["checkpoints"]] + [f"decay-{b}" for b in raw["decays"]] + ["merge-both"]
+        models = [f"main@{s}" for s in raw["trunk"]["checkpoints"]] + [f"decay-{b}" for b in raw["decays"]] + ["merge-both"]
         for model in models:
             stage(repo, "evaluate", "--model", model, cpu_only=cpu)
         stage(repo, "export-hf", "--model", "decay-short", "--out", "hf/decay-short", cpu_only=cpu)
@@ -230,14 +231,14 @@ def main() -> None:
             checks += [(f"{label}: {c}", ok, d) for c, ok, d in lr_checks(repos[label], raw)]
             print(f"{label}: trunk -> decays -> merge -> evaluate -> export done ({time.perf_counter() - t0:.0f}s)", flush=True)
         if "fp8" in repos:
-            final = {label: losses(repos[label], paths.trunk_dir(24))[-1] for label in ("bf16", "fp8")}
+            final = {label: losses(repos[label], paths.trunk_dir("main", 24))[-1] for label in ("bf16", "fp8")}
             checks.append(("fp8 trunk trains (finite, within 0.5 nats of bf16 at step 24)",
                            abs(final["fp8"] - final["bf16"]) <= 0.5, f"{final['fp8']:.4f} vs {final['bf16']:.4f}"))
         cpu_raw = study("cpu", None, 1)
         cpu_repo = variant(base, work, "cpu", cpu_raw)
         train(cpu_repo, cpu_raw, everything=False)
 
-        dirs = [paths.trunk_dir(s) for s in cpu_raw["trunk"]["checkpoints"]] + [paths.decay_dir(b) for b in cpu_raw["decays"]]
+        dirs = [paths.trunk_dir("main", s) for s in cpu_raw["trunk"]["checkpoints"]] + [paths.decay_dir(b) for b in cpu_raw["decays"]]
         worst = max(abs(a - b) for d in dirs for a, b in zip(losses(repos["bf16"], d), losses(cpu_repo, d)))
         checks.append((f"bf16 losses within {args.tolerance} nats of the CPU (fp32) run", worst <= args.tolerance,
                        f"largest difference {worst:.4f} nats over the trunk and both decays"))

@@ -55,9 +55,9 @@ def write_checkpoints(params) -> float:
     for step in params.trunk.checkpoints:
         torch.manual_seed(step)
         model = build_model(params.model, backend, tokenizer.vocab_size)
-        meta = {"model_id": f"trunk-{step}", "kind": "trunk", "step": step, "fingerprint": f"bench-{step}",
+        meta = {"model_id": f"main@{step}", "kind": "trunk", "step": step, "fingerprint": f"bench-{step}",
                 "has_optimizer": False}
-        ckpt.save(paths.trunk_dir(step), model, None, {}, meta, [])
+        ckpt.save(paths.trunk_dir("main", step), model, None, {}, meta, [])
     return sum(p.numel() * 4 for p in model.parameters()) / 2**20
 
 

@@ -5,7 +5,7 @@
 In one process, on one synthetic corpus (random token ids in a megatron `.bin/.idx`, so no upstream
 stage is needed), each repeat runs, alternating their order:
 
-  (a) arbor: `stages.call(params, "trunk", step=N)` (workflow/stages.py) end to end — process setup, model build, the
+  (a) arbor: `stages.call(params, "trunk", trunk="main", step=N)` (workflow/stages.py) end to end — process setup, model build, the
       `GPTDataset` stream, per-step logging, an intermediate checkpoint every `--save-interval` steps,
       the final checkpoint with `train_log.jsonl` and dvclive curves;
   (b) bare: the same megatron `GPTModel` (same spec, init and batch shape), one global batch already in
@@ -100,7 +100,7 @@ def run_trunk(params) -> None:
     from workflow import paths, stages
 
     shutil.rmtree(paths.ARTIFACTS + "/trunk", ignore_errors=True)
-    stages.call(params, "trunk", step=params.trunk.checkpoints[-1])
+    stages.call(params, "trunk", trunk="main", step=params.trunk.checkpoints[-1])
 
 
 class BareLoop:

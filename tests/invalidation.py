@@ -51,7 +51,7 @@ def expand(keys: set[str] | frozenset[str], resolved: dict[str, Any]) -> set[str
 
 
 def untracked(key: str) -> bool:
-    return any(key == u or key.startswith(u + ".") for u in UNTRACKED)
+    return stages.untracked(key)
 
 
 def related(a: str, b: str) -> bool:
@@ -62,7 +62,7 @@ def related(a: str, b: str) -> bool:
 def normalized(key: str) -> str:
     """`decays.late.shape` -> `decays.*.shape`: a key of any instance of a collection."""
     parts = key.split(".")
-    if parts[0] in ("sources", "decays", "merges") and len(parts) > 1:
+    if parts[0] in ("sources", "decays", "merges", "trunks") and len(parts) > 1:
         parts[1] = "*"
     if parts[0] == "quality" and len(parts) > 2:  # quality.scorers.<name>, quality.selections.<name>
         parts[2] = "*"
@@ -139,22 +139,23 @@ def _required(model: type[BaseModel]) -> bool:
 
 # Keys whose natural perturbation needs the study's own values (globs, ids, files, lists).
 SPECIAL: dict[str, Callable[[Any, dict], list[Any]]] = {
-    "trunk.checkpoints": lambda v, raw: [[*v, v[-1] + 12]],
+    "trunks.*.checkpoints": lambda v, raw: [[*v, v[-1] + 12]],
     "sources.*.paths": lambda v, raw: [[p.removesuffix("t") + "*" for p in v]],  # a glob matching the same files
     "eval.tasks": lambda v, raw: [v[:1]],
     "eval.decontaminate_files": lambda v, raw: [["data/sample/SOURCES.md"]],
     "tokenizer.path": lambda v, raw: ["user-tokenizer.json"],
     "tokenizer.special_tokens": lambda v, raw: [["<|user|>"]],
-    "decays.*.from_step": lambda v, raw: [c for c in raw["trunk"]["checkpoints"] if c != v],
+    "decays.*.parent": lambda v, raw: [f"main@{c}" for c in raw["trunk"]["checkpoints"] if f"main@{c}" != v],
     "trunk.data": lambda v, raw: [s for s in raw.get("quality", {}).get("selections", {}) if s != v],
-    "merges.*.models": lambda v, raw: [[*v[:-1], m] for m in ("decay-late", "trunk-24", "decay-short") if m not in v] if v else [],
+    "trunks.*.data": lambda v, raw: [s for s in raw.get("quality", {}).get("selections", {}) if s != v],
+    "merges.*.models": lambda v, raw: [[*v[:-1], m] for m in ("decay-late", "main@24", "decay-short") if m not in v] if v else [],
     # switching the mode changes what dvc.yaml declares as outputs (`dvc commit -f` records them, nothing
     # re-runs); the mode has its own matrix (test_invalidation.py::test_manifest_mode_flags_what_the_cache_mode_flags)
     "dvc.checkpoints": lambda v, raw: [],
 }
 USER_TOKENIZER = "user-tokenizer.json"  # the matrix copies the study's tokenizer here for `tokenizer.path`
 USER_CLASSIFIER = "user-classifier.bin"  # ... and its trained classifier here, for a scorer's ready `model`
-COLLECTIONS = ("sources", "decays", "merges", "quality.scorers", "quality.selections")
+COLLECTIONS = ("sources", "decays", "merges", "trunks", "quality.scorers", "quality.selections")
 
 
 def special(key: str) -> Callable | None:
@@ -187,7 +188,11 @@ class Edit:
 def perturbations(raw: dict, resolved: dict[str, Any]) -> tuple[list[Edit], dict[str, str]]:
     """One valid edit per leaf of the resolved study, and the leaves no single-key edit can change (with why)."""
     edits, skipped = [], {}
+    first = next(iter(resolved["trunks"]))
     for key, value in leaves(resolved).items():
+        parts = key.split(".")
+        if parts[0] == "trunks" and parts[1] != first and parts[2] not in (raw.get("trunks") or {}).get(parts[1], {}):
+            continue  # another trunk's shared settings: the same code paths as the first trunk's, once is enough
         fn = special(key)
         if fn is not None:
             tried = fn(value, raw)
@@ -266,11 +271,13 @@ def expected(old: Params, new: Params, reads: dict[str, set[str]], present: dict
               or keys & present.get(label, set())  # a section that appeared or disappeared: its own key changed
               or grown & collections.get(label, set())}
     jobs = {job.label: job for job in stages.jobs(new)}
-    to_dvc = {label: dvc_engine.stage_name(jobs[label].stage, jobs[label].key) for label in jobs}
+    to_dvc = {label: dvc_engine.stage_name(jobs[label].stage, jobs[label].key, new) for label in jobs}
     dvc_roots = {to_dvc[label] for label in roots}
-    for stage in stages.STAGES.values():  # a stage run as one (the trunk) also reads its list of instances
-        if stage.run_all is not None and any(related(k, r) for k in keys for r in stage.run_all_reads):
-            dvc_roots.add(stage.name)
+    for stage in stages.STAGES.values():  # a stage run as one per trunk also reads its list of instances
+        if stage.run_all is not None:
+            for group in stage.groups(new):
+                if any(related(k, r.format(group)) for k in keys for r in stage.run_all_reads):
+                    dvc_roots.add(f"{stage.name}-{group}")
     return Expected(descendants(new, roots), dvc_roots)
 
 

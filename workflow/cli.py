@@ -32,7 +32,9 @@ def _check(params: Params, args: argparse.Namespace) -> None:
     stale = dvc.difference(params)
     print(f"dvc.yaml: {'current' if stale is None else f'out of date ({stale}): `python -m workflow dvc-yaml` regenerates it'}")
     try:
-        print(f"backend:  {validate(params.model)}")
+        backends = {name: validate(t.model) for name, t in params.trunks.items()}
+        shared = len(set(backends.values())) == 1
+        print(f"backend:  {next(iter(backends.values())) if shared else '; '.join(f'{n}: {b}' for n, b in backends.items())}")
     except BackendError as err:
         raise ParamsError(f"{args.params}: {err}") from None
     print("\n".join(estimate(params, args.accelerator, args.mfu)))
@@ -90,7 +92,7 @@ TOOLS: dict[str, Tool] = {
     "dvc-yaml": ("Regenerate dvc.yaml and artifacts/params/ from params.yaml.",
                  [("--out", dict(default="dvc.yaml", help="where to write"))], _dvc_yaml),
     "export-hf": ("Write a model as a Hugging Face LlamaForCausalLM directory (safetensors, config, tokenizer).",
-                  [("--model", dict(required=True, metavar="ID", help="trunk-<N>, decay-<branch> or merge-<name>")),
+                  [("--model", dict(required=True, metavar="ID", help="<trunk>@<N>, decay-<branch> or merge-<name>")),
                    ("--out", dict(required=True, metavar="DIR", help="the directory to write (replaced if it exists)"))],
                   _export),
 }
@@ -106,7 +108,7 @@ def build_parser() -> argparse.ArgumentParser:
         p = sub.add_parser(stage.name, help=stage.help, description=stage.help)
         for key in stage.keys:
             required = stage.run_all is None
-            help_text = key.help + ("" if required else " (none: every instance, resuming: DVC's one stage)")
+            help_text = key.help + ("" if required else " (none: every instance, resuming: DVC's one stage per trunk)")
             p.add_argument(f"--{key.name}", required=required, default=None, metavar=key.name.upper(), help=help_text)
     for name, (help_text, options, _) in TOOLS.items():
         p = sub.add_parser(name, help=help_text, description=help_text)
@@ -123,7 +125,7 @@ def run_stage(params: Params, name: str, args: argparse.Namespace) -> None:
 
     stage = stages.STAGES[name]
     key = {k: getattr(args, k) for k in stage.key_names}
-    if stage.run_all is None or any(v is not None for v in key.values()):
+    if stage.run_all is None or all(v is not None for v in key.values()):
         stages.check_key(params, stage, key)
     reads, folder = Reads(), os.environ.get(RECORD_ENV)
     label = stage.call(params, recording(params, reads) if folder else None, **key)

@@ -28,7 +28,7 @@ import torch
 
 from workflow import paths
 from workflow.io import atomic_dir, write_json
-from workflow.params import Params
+from workflow.params import Params, scoped
 
 LLAMA_ARCH = "LlamaForCausalLM"
 
@@ -103,6 +103,7 @@ def run(params: Params, model_id: str, out: str) -> None:
     from workflow.evaluate import lineage
     from workflow.evaluate.model import load_model
 
+    params = scoped(params, model_id)
     loaded = load_model(params, model_id)
     config = loaded.model.config
     state = {k: v for k, v in loaded.model.state_dict().items() if isinstance(v, torch.Tensor)}

@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING
 
 from workflow import faults, paths
 from workflow.io import atomic_dir, read_json
-from workflow.params import Params
+from workflow.params import Params, scoped
 
 if TYPE_CHECKING:
     import torch
@@ -67,6 +67,7 @@ def run(params: Params, name: str, *, inputs: dict[str, list[str]]) -> None:
     from workflow.train.loop import setup
     from workflow.train.model import build_model
 
+    params = scoped(params, f"merge-{name}")
     merge, dirs = params.merges[name], inputs["models"]
     models = []
     for d in dirs:

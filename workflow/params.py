@@ -22,7 +22,8 @@ PositiveInt = Annotated[int, Field(gt=0)]
 # A URL that carries a secret: `scheme://user:password@host/...` or a signed / token query string.
 URL_SECRET = re.compile(r"^[a-z][a-z0-9+.-]*://[^/@?#]*:[^/@?#]*@|[?&](x-amz-credential|x-amz-signature|x-goog-credential|"
                         r"x-goog-signature|sig|token|access_token|api_key)=", re.IGNORECASE)
-MODEL_ID = re.compile(r"^(trunk)-(\d+)$|^(decay|merge)-([a-z0-9][a-z0-9_-]*)$")
+MODEL_ID = re.compile(r"^([a-z0-9][a-z0-9_-]*)@(\d+)$|^(decay|merge)-([a-z0-9][a-z0-9_-]*)$")
+DEFAULT_TRUNK = "main"  # the name of the one trunk of a study without a `trunks` section
 
 
 class ParamsError(Exception):
@@ -265,6 +266,8 @@ class Trunk(Section):
     save_interval: PositiveInt = Field(50, description="Intermediate save every N steps inside a segment (resume point after a crash).")
     log_interval: PositiveInt = Field(1, description="Steps between log lines.")
     data: Name | None = Field(None, description="A key of `quality.selections`: train on that data variant; null = the whole curated corpus.")
+    schedule: Literal["wsd", "cosine", "linear"] = Field("wsd", description="wsd: warmup then a constant LR (the stable phase; decays anneal it); cosine / linear: a classic single run, warmup then an anneal to `final_lr_ratio` x lr at the last checkpoint (a fixed horizon: every checkpoint is a point on one schedule, so extending it retrains).")
+    final_lr_ratio: float = Field(0.0, ge=0, le=1, description="cosine / linear: LR at the last checkpoint as a fraction of lr (unused by wsd).")
 
     @model_validator(mode="after")
     def _batch_and_order(self) -> "Trunk":
@@ -272,7 +275,17 @@ class Trunk(Section):
             raise ValueError(f"global_batch_size ({self.global_batch_size}) must be a multiple of micro_batch_size ({self.micro_batch_size})")
         if list(self.checkpoints) != sorted(set(self.checkpoints)):
             raise ValueError(f"checkpoints must be strictly increasing, got {self.checkpoints}")
+        if self.schedule != "wsd" and self.warmup_steps >= self.checkpoints[-1]:
+            raise ValueError(f"warmup_steps ({self.warmup_steps}) must end before the last checkpoint ({self.checkpoints[-1]}) of a {self.schedule} schedule")
         return self
+
+
+class NamedTrunk(Trunk):
+    """One trunk of the study as its runs see it: `trunk` with this trunk's overrides, and its own `model`
+    (`model` with the overrides under `trunks.<name>.model`). Built by `Params` from the user's sections."""
+    model: Model
+    declared: tuple[str, ...] = Field((), exclude=True, description="Keys this trunk sets itself (not from `trunk`); DVC's templates follow them.")
+
 
 
 class Rewarm(Section):
@@ -284,19 +297,22 @@ class Rewarm(Section):
 
 
 class Decay(Section):
-    """A branch off the stable trunk: weights, optimizer state and data position of `trunk-<from_step>`, then
-    (optionally a re-warm and) an anneal of `steps` optimizer steps from the peak LR to the final LR.
+    """A branch: weights, optimizer state and data position of its parent model (a trunk checkpoint, or the end
+    of another decay, as WSD-S continues from a decayed checkpoint), then (optionally a re-warm and) an anneal
+    of `steps` optimizer steps from the peak LR to the final LR. It trains with its parent trunk's model and
+    settings.
 
-    A branch starts from a trunk checkpoint only, not from a merge: a merge has neither optimizer state nor a
-    data position, so a branch from it would need fresh AdamW moments (plus a re-warm) and a rule for which
-    samples come next; that is not supported (see workflow/train/decay.py)."""
-    from_step: PositiveInt = Field(description="Trunk checkpoint the branch starts from (must be listed in trunk.checkpoints).")
+    A branch never starts from a merge: a merge has neither optimizer state nor a data position, so a branch
+    from it would need fresh AdamW moments (plus a re-warm) and a rule for which samples come next; that is
+    not supported (see workflow/train/decay.py)."""
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+    parent: str = Field(alias="from", description="The model the branch starts from: `<trunk>@<step>` (a trunk checkpoint, e.g. `main@200`) or `decay-<branch>` (a decayed checkpoint).")
     steps: PositiveInt | None = Field(None, description="Decay length in optimizer steps (exactly one of steps, fraction).")
-    fraction: float | None = Field(None, gt=0, le=1, description="Decay length as a fraction of from_step (e.g. 0.1-0.2), rounded to whole steps (exactly one of steps, fraction).")
+    fraction: float | None = Field(None, gt=0, le=1, description="Decay length as a fraction of the step it branches at (e.g. 0.1-0.2), rounded to whole steps (exactly one of steps, fraction).")
     shape: Literal["linear", "cosine", "minus_sqrt", "exponential"] = Field("linear", description="Annealing shape from the peak LR to the final LR (megatron WSD decay styles).")
     final_lr: float | None = Field(None, ge=0, description="Absolute LR at the end of the decay (at most one of final_lr, final_lr_ratio).")
-    final_lr_ratio: float | None = Field(None, ge=0, le=1, description="LR at the end of the decay as a fraction of the peak (trunk.lr or rewarm.peak_lr); 0.0 when neither this nor final_lr is given.")
-    mixture: dict[Name, Annotated[float, Field(gt=0)]] | None = Field(None, description="Domain weights used only during the decay; null = the trunk's (its stream continues). Every domain resumes where the trunk's stream left it, so no trunk sample is shown again.")
+    final_lr_ratio: float | None = Field(None, ge=0, le=1, description="LR at the end of the decay as a fraction of the peak (the trunk's lr or rewarm.peak_lr); 0.0 when neither this nor final_lr is given.")
+    mixture: dict[Name, Annotated[float, Field(gt=0)]] | None = Field(None, description="Domain weights used only during the decay; null = the parent's (its stream continues). Every domain resumes where the parent's stream left it, so no sample is shown again.")
     rewarm: Rewarm | None = Field(None, description="Re-warm before the decay; null = the decay starts at the trunk's (peak) LR.")
 
     @model_validator(mode="before")
@@ -309,28 +325,14 @@ class Decay(Section):
     @model_validator(mode="after")
     def _exactly_one(self) -> "Decay":
         if (self.steps is None) == (self.fraction is None):
-            raise ValueError("give exactly one of steps (optimizer steps) and fraction (of from_step)")
+            raise ValueError("give exactly one of steps (optimizer steps) and fraction (of the branch step)")
         if self.final_lr is not None and self.final_lr_ratio is not None:
             raise ValueError("give at most one of final_lr (absolute) and final_lr_ratio (of the peak LR)")
         return self
 
     @property
-    def decay_steps(self) -> int:
-        """The anneal's length in optimizer steps (`steps`, or `fraction` x `from_step` rounded, at least 1)."""
-        return self.steps if self.steps is not None else max(1, round(self.fraction * self.from_step))
-
-    @property
     def rewarm_steps(self) -> int:
         return self.rewarm.steps if self.rewarm else 0
-
-    @property
-    def total_steps(self) -> int:
-        """Optimizer steps the branch trains: re-warm + anneal."""
-        return self.rewarm_steps + self.decay_steps
-
-    @property
-    def end_step(self) -> int:
-        return self.from_step + self.total_steps
 
     def peak_lr(self, trunk: "Trunk") -> float:
         return self.rewarm.peak_lr if self.rewarm and self.rewarm.peak_lr is not None else trunk.lr
@@ -343,8 +345,9 @@ class Decay(Section):
 class Merge(Section):
     """A weight average. `uniform`: w_i = 1/n; `weighted`: w_i = weights_i / sum(weights);
     `loss_weighted`: w_i = softmax(-L_i / temperature), L_i = input i's pooled held-out loss (its eval output)."""
-    models: list[str] | None = Field(None, min_length=1, description="Model ids to average: trunk-<N>, decay-<branch>, merge-<name> (exactly one of models, trunk_last_k).")
-    trunk_last_k: PositiveInt | None = Field(None, description="Average the last k trunk checkpoints (LAWA) (exactly one of models, trunk_last_k).")
+    models: list[str] | None = Field(None, min_length=1, description="Model ids to average, all of one trunk: <trunk>@<N>, decay-<branch>, merge-<name> (exactly one of models, trunk_last_k).")
+    trunk_last_k: PositiveInt | None = Field(None, description="Average the last k checkpoints of `trunk` (LAWA) (exactly one of models, trunk_last_k).")
+    trunk: Name | None = Field(None, description="trunk_last_k only: the trunk whose checkpoints are averaged; null = the study's first trunk.")
     method: Literal["uniform", "weighted", "loss_weighted"] = Field("uniform", description="Averaging weights: uniform, weighted (explicit `weights`) or loss_weighted (from held-out loss with `temperature`).")
     weights: list[Annotated[float, Field(gt=0)]] | None = Field(None, description="method weighted only: one positive weight per input, in order; normalised to sum 1.")
     temperature: float | None = Field(None, gt=0, description="method loss_weighted only: softmax temperature in nats (small: the best input dominates; large: uniform).")
@@ -353,6 +356,8 @@ class Merge(Section):
     def _one_source_and_method_settings(self) -> "Merge":
         if (self.models is None) == (self.trunk_last_k is None):
             raise ValueError("give exactly one of models (a list of model ids) and trunk_last_k")
+        if self.trunk is not None and self.trunk_last_k is None:
+            raise ValueError("trunk: only with trunk_last_k")
         if (self.method == "weighted") != (self.weights is not None):
             raise ValueError("weights: required by method weighted, and only by it")
         if (self.method == "loss_weighted") != (self.temperature is not None):
@@ -427,7 +432,7 @@ class Selection(Section):
 
 class Quality(Section):
     scorers: dict[Name, Scorer] = Field(default_factory=dict, description="Named document scorers (the `score` stage; `classifier` trains fastText ones).")
-    selections: dict[Name, Selection] = Field(default_factory=dict, description="Named data variants (the `select` stage), each tokenized with the shared tokenizer; `trunk.data` names the one it trains on.")
+    selections: dict[Name, Selection] = Field(default_factory=dict, description="Named data variants (the `select` stage), each tokenized with the shared tokenizer; `trunk.data` (or `trunks.<name>.data`) names the one a trunk trains on.")
 
 
 class JobResources(Section):
@@ -447,18 +452,46 @@ class Dvc(Section):
     checkpoints: Literal["cache", "manifest"] = Field("cache", description="cache: DVC hashes and caches every model directory (pushed to a remote like any output); manifest: DVC tracks each model directory by its meta.json alone, which lists every file's size and SHA-256 and is checked on every load, so a checkpoint of any size costs DVC one small file (checkpoints then stay on the filesystem: not cached, not pushed).")
 
 
+def _named_trunks(data: Any) -> Any:
+    """`trunks` resolved: each named trunk is `trunk` with its overrides (any `trunk` key, and `model` keys under
+    `model`); a study without `trunks` has one trunk, `main`. Overrides replace whole values (a mixture too)."""
+    if not isinstance(data, dict):
+        return data
+    base = data.get("trunk") if isinstance(data.get("trunk"), dict) else {}
+    model = data.get("model") if isinstance(data.get("model"), dict) else {}
+    named = data.get("trunks") or {DEFAULT_TRUNK: {}}
+    if not isinstance(named, dict):
+        return data
+    out = {}
+    for name, over in named.items():
+        if over is not None and not isinstance(over, dict):
+            out[name] = over  # not a mapping: the schema names it
+            continue
+        over = over or {}
+        own_model = over.get("model") if isinstance(over.get("model"), dict) else {}
+        out[name] = {**base, **{k: v for k, v in over.items() if k != "model"}, "model": {**model, **own_model},
+                     "declared": tuple(over)}
+    return {**data, "trunks": out}
+
+
 class Params(Section):
     sources: dict[Name, Source] = Field(min_length=1)
     curation: Curation = Curation()
     tokenizer: Tokenizer = Tokenizer()
-    model: Model = Model()
-    trunk: Trunk
+    model: Model = Field(Model(), description="The model shape every trunk shares unless `trunks.<name>.model` overrides keys of it.")
+    trunk: Trunk = Field(description="Training settings every trunk shares unless `trunks.<name>` overrides them.")
+    trunks: dict[Name, NamedTrunk] = Field(default_factory=dict, description="Named trunks: name -> overrides of any `trunk` key and of `model` keys (under `model`); omitted: one trunk, `main`, exactly `trunk` and `model`. Checkpoints are `<name>@<step>`.")
     decays: dict[Name, Decay] = Field(default_factory=dict)
     merges: dict[Name, Merge] = Field(default_factory=dict)
     eval: Eval = Eval()
     quality: Quality = Quality()
     resources: dict[Name, JobResources] = Field(default_factory=dict, description="Cluster requests per stage, keyed by stage name (workflow/stages.py); runtime settings, never tracked.")
     dvc: Dvc = Field(Dvc(), description="How dvc.yaml tracks large outputs; an engine setting, never tracked.")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _resolve_trunks(cls, data: Any) -> Any:
+        return _named_trunks(data)
 
     @model_validator(mode="after")
     def _cross_checks(self) -> "Params":
@@ -467,24 +500,43 @@ class Params(Section):
             if source.domain in seen:
                 raise ValueError(f"sources.{name}.domain: domain '{source.domain}' is already used by source '{seen[source.domain]}'; one source per domain")
             seen[source.domain] = name
-        for key, mixture in [("trunk.mixture", self.trunk.mixture)] + [(f"decays.{b}.mixture", d.mixture) for b, d in self.decays.items()]:
+        for name in self.trunks:
+            if name in ("decay", "merge"):
+                raise ValueError(f"trunks.{name}: a trunk may not be called decay or merge (model ids decay-<branch>, merge-<name>)")
+        mixtures = [(f"trunks.{t}.mixture", s.mixture) for t, s in self.trunks.items()]
+        for key, mixture in mixtures + [(f"decays.{b}.mixture", d.mixture) for b, d in self.decays.items()]:
             for domain in mixture or {}:
                 if domain not in seen:
                     raise ValueError(f"{key}.{domain}: unknown domain; declared domains are {sorted(seen)}")
-        par = self.model.parallel
-        replicas = par.nproc_per_node * par.nodes // (par.tp * par.pp)
-        if self.trunk.global_batch_size % (self.trunk.micro_batch_size * replicas):
-            raise ValueError(f"trunk.global_batch_size ({self.trunk.global_batch_size}) must be a multiple of micro_batch_size * "
-                             f"data-parallel replicas ({self.trunk.micro_batch_size} * {replicas}, from model.parallel)")
+        for name, t in self.trunks.items():
+            par = t.model.parallel
+            replicas = par.nproc_per_node * par.nodes // (par.tp * par.pp)
+            if t.global_batch_size % (t.micro_batch_size * replicas):
+                raise ValueError(f"trunks.{name}.global_batch_size ({t.global_batch_size}) must be a multiple of micro_batch_size * "
+                                 f"data-parallel replicas ({t.micro_batch_size} * {replicas}, from model.parallel)")
         for branch, decay in self.decays.items():
-            if decay.from_step not in self.trunk.checkpoints:
-                raise ValueError(f"decays.{branch}.from_step: {decay.from_step} is not a trunk checkpoint (trunk.checkpoints = {list(self.trunk.checkpoints)})")
-            if decay.final_lr is not None and decay.final_lr > decay.peak_lr(self.trunk):
-                raise ValueError(f"decays.{branch}.final_lr: {decay.final_lr} is above the peak LR {decay.peak_lr(self.trunk)}")
+            kind, key = parse_model_id(decay.parent, f"decays.{branch}.from")
+            if kind == "merge":
+                raise ValueError(f"decays.{branch}.from: '{decay.parent}' is a merge; a branch starts from a trunk checkpoint or a decay (a merge has no optimizer state)")
+            if kind == "decay" and key not in self.decays:
+                raise ValueError(f"decays.{branch}.from: '{decay.parent}' is not a declared decay; declared: {', '.join(self.decays)}")
+            if kind not in ("decay", "merge"):
+                if kind not in self.trunks:
+                    raise ValueError(f"decays.{branch}.from: unknown trunk '{kind}'; trunks: {', '.join(self.trunks)}")
+                if int(key) not in self.trunks[kind].checkpoints:
+                    raise ValueError(f"decays.{branch}.from: {key} is not a checkpoint of trunk {kind} ({list(self.trunks[kind].checkpoints)})")
+            if self.trunks[kind if kind not in ("decay", "merge") else self.trunk_of(decay.parent)].schedule != "wsd" and kind != "decay":
+                raise ValueError(f"decays.{branch}.from: trunk {kind} has a {self.trunks[kind].schedule} schedule; decays branch from wsd trunks")
+            trunk = self.trunks[self.trunk_of(f"decay-{branch}")]
+            if decay.final_lr is not None and decay.final_lr > decay.peak_lr(trunk):
+                raise ValueError(f"decays.{branch}.final_lr: {decay.final_lr} is above the peak LR {decay.peak_lr(trunk)}")
         declared = set(self.model_ids())
         for name, merge in self.merges.items():
-            if merge.trunk_last_k is not None and merge.trunk_last_k > len(self.trunk.checkpoints):
-                raise ValueError(f"merges.{name}.trunk_last_k: {merge.trunk_last_k} is more than the {len(self.trunk.checkpoints)} trunk checkpoints")
+            if merge.trunk is not None and merge.trunk not in self.trunks:
+                raise ValueError(f"merges.{name}.trunk: unknown trunk '{merge.trunk}'; trunks: {', '.join(self.trunks)}")
+            last = self.trunks[merge.trunk or self.first_trunk()].checkpoints
+            if merge.trunk_last_k is not None and merge.trunk_last_k > len(last):
+                raise ValueError(f"merges.{name}.trunk_last_k: {merge.trunk_last_k} is more than the {len(last)} trunk checkpoints")
             for i, model in enumerate(merge.models or []):
                 if model not in declared:
                     raise ValueError(f"merges.{name}.models.{i}: '{model}' is not a declared model; declared: {', '.join(self.model_ids())}")
@@ -500,23 +552,66 @@ class Params(Section):
         for name, sel in self.quality.selections.items():
             if sel.scorer not in self.quality.scorers:
                 raise ValueError(f"quality.selections.{name}.scorer: '{sel.scorer}' is not a key of quality.scorers")
-        if self.trunk.data is not None and self.trunk.data not in self.quality.selections:
-            raise ValueError(f"trunk.data: '{self.trunk.data}' is not a key of quality.selections "
-                             f"(declared: {', '.join(self.quality.selections) or 'none'})")
+        for name, t in self.trunks.items():
+            if t.data is not None and t.data not in self.quality.selections:
+                key = f"trunks.{name}.data" if "data" in t.declared else "trunk.data"
+                raise ValueError(f"{key}: '{t.data}' is not a key of quality.selections "
+                                 f"(declared: {', '.join(self.quality.selections) or 'none'})")
         self.merge_order()  # raises on cycles
+        for name, merge in self.merges.items():
+            owners = {m: self.trunk_of(m) for m in self.merge_inputs(name)}
+            if len(set(owners.values())) > 1:
+                raise ValueError(f"merges.{name}.models: models of different trunks ({', '.join(f'{m}: {t}' for m, t in owners.items())}); a merge averages models of one trunk")
         return self
+
+    def first_trunk(self) -> str:
+        return next(iter(self.trunks))
+
+    def at(self, trunk: str) -> "Scoped":
+        """The study as the runs of one trunk see it: `model` and `trunk` are that trunk's."""
+        return Scoped(self, trunk)
+
+    def trunk_ids(self, trunk: str) -> list[str]:
+        return [f"{trunk}@{s}" for s in self.trunks[trunk].checkpoints]
+
+    def trunk_of(self, model_id: str) -> str:
+        """The trunk a model belongs to: its own, its parent's (decays), its inputs' (merges)."""
+        kind, key = parse_model_id(model_id)
+        if kind == "decay":
+            return self.trunk_of(self.decays[key].parent)
+        if kind == "merge":
+            return self.trunk_of(self.merge_inputs(key)[0])
+        return kind
+
+    def start_step(self, branch: str) -> int:
+        """The optimizer step a decay branches at: its parent checkpoint's step, or its parent decay's end."""
+        kind, key = parse_model_id(self.decays[branch].parent)
+        return self.end_step(key) if kind == "decay" else int(key)
+
+    def decay_steps(self, branch: str) -> int:
+        """The anneal's length in optimizer steps (`steps`, or `fraction` x the branch step rounded, at least 1)."""
+        d = self.decays[branch]
+        return d.steps if d.steps is not None else max(1, round(d.fraction * self.start_step(branch)))
+
+    def total_steps(self, branch: str) -> int:
+        """Optimizer steps the branch trains: re-warm + anneal."""
+        return self.decays[branch].rewarm_steps + self.decay_steps(branch)
+
+    def end_step(self, branch: str) -> int:
+        return self.start_step(branch) + self.total_steps(branch)
 
     def model_ids(self) -> list[str]:
         """Every model the study produces, in DAG order within each kind."""
-        return ([f"trunk-{s}" for s in self.trunk.checkpoints] + [f"decay-{b}" for b in self.decays]
+        return ([i for t in self.trunks for i in self.trunk_ids(t)] + [f"decay-{b}" for b in self.decays]
                 + [f"merge-{m}" for m in self.merges])
 
     def merge_inputs(self, name: str) -> list[str]:
-        """The model ids merge `name` averages (its `models`, or the last `trunk_last_k` trunk checkpoints)."""
+        """The model ids merge `name` averages (its `models`, or the last `trunk_last_k` checkpoints of its trunk)."""
         merge = self.merges[name]
         if merge.models is not None:
             return list(merge.models)
-        return [f"trunk-{s}" for s in self.trunk.checkpoints[-merge.trunk_last_k:]]
+        trunk = merge.trunk or self.first_trunk()
+        return [f"{trunk}@{s}" for s in self.trunks[trunk].checkpoints[-merge.trunk_last_k:]]
 
     def merge_order(self) -> list[str]:
         """Merge names in an order where every merge comes after the merges it averages."""
@@ -546,6 +641,41 @@ class Params(Section):
         return next(n for n, s in self.sources.items() if s.domain == domain)
 
 
+def scoped(params: Any, model_id: str) -> "Scoped":
+    """`params.at(<the trunk of model_id>)`; which trunk is looked up on the real study, unrecorded: it is an edge
+    (the model's parent or inputs), which the engines follow through the stage's inputs."""
+    from workflow.reads import unwrap
+
+    return Scoped(params, unwrap(params).trunk_of(model_id))
+
+
+def for_run(params: Any, branch: str | None = None) -> Any:
+    """The study as one training run sees it: already scoped (`Params.at`) as it is, else the branch's trunk, or
+    the first trunk for a trunk run."""
+    if hasattr(params, "trunk_name"):
+        return params
+    return scoped(params, f"decay-{branch}") if branch else params.at(params.first_trunk())
+
+
+class Scoped:
+    """A study seen by one trunk's runs (`Params.at`): `trunk` and `model` are `trunks.<name>` and its model;
+    everything else is the study's. Works on a read-recording view too (reads are noted under `trunks.<name>`)."""
+
+    def __init__(self, params: Any, trunk: str) -> None:
+        self.params, self.trunk_name = params, trunk
+
+    @property
+    def trunk(self) -> Any:
+        return self.params.trunks[self.trunk_name]
+
+    @property
+    def model(self) -> Any:
+        return self.params.trunks[self.trunk_name].model
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.params, name)
+
+
 def _format(err: ValidationError, origin: str) -> str:
     lines = []
     for e in err.errors():
@@ -561,6 +691,9 @@ def _format(err: ValidationError, origin: str) -> str:
         elif "input" in e and e["type"] not in ("value_error",) and not isinstance(e["input"], (dict, list)):
             msg = f"{msg} (got {e['input']!r})"
         lines.append(f"{origin}: {loc + ': ' if loc else ''}{msg}")
+    shared = re.compile(rf"^{re.escape(origin)}: trunks\.[^.]+\.(model\.)?(.*)$", flags=re.S)
+    # a mistake in the shared `trunk`/`model` shows once, not again in every trunk that inherits it
+    lines = [x for x in lines if not ((m := shared.match(x)) and f"{origin}: {'model' if m[1] else 'trunk'}.{m[2]}" in lines)]
     return "\n".join(lines)
 
 
@@ -588,9 +721,13 @@ def load_params(path: str | Path = "params.yaml") -> Params:
     return parse_params(data, str(path))
 
 
-def parse_model_id(model_id: str) -> tuple[str, str]:
-    """`trunk-200` -> ("trunk", "200"); raises ParamsError for a malformed id."""
+def parse_model_id(model_id: str, where: str = "") -> tuple[str, str]:
+    """`main@200` -> ("main", "200") (a trunk checkpoint: its trunk's name), `decay-late` -> ("decay", "late");
+    raises ParamsError (ValueError naming `where` inside the schema) for a malformed id."""
     m = MODEL_ID.match(model_id)
     if not m:
-        raise ParamsError(f"model id '{model_id}': expected trunk-<step>, decay-<branch> or merge-<name>")
+        msg = f"model id '{model_id}': expected <trunk>@<step>, decay-<branch> or merge-<name>"
+        if where:
+            raise ValueError(f"{where}: {msg}")
+        raise ParamsError(msg)
     return (m.group(1), m.group(2)) if m.group(1) else (m.group(3), m.group(4))

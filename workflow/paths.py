@@ -72,12 +72,13 @@ def selected_dir(selection: str) -> str:
     return f"{ARTIFACTS}/selected/{selection}"
 
 
-def trunk_root() -> str:
-    return f"{ARTIFACTS}/trunk"
+def trunk_root(trunk: str) -> str:
+    """One named trunk's checkpoints."""
+    return f"{ARTIFACTS}/trunk/{trunk}"
 
 
-def trunk_dir(step: int | str) -> str:
-    return f"{trunk_root()}/step-{step}"
+def trunk_dir(trunk: str, step: int | str) -> str:
+    return f"{trunk_root(trunk)}/step-{step}"
 
 
 def decay_dir(branch: str) -> str:
@@ -94,14 +95,19 @@ def scratch_dir(kind: str, name: str) -> str:
 
 
 def model_dir(model_id: str) -> str:
-    """The directory of `trunk-<N>`, `decay-<branch>` or `merge-<name>` (ids are checked where they are read)."""
+    """The directory of `<trunk>@<N>`, `decay-<branch>` or `merge-<name>` (ids are checked where they are read)."""
+    if "@" in model_id:
+        return trunk_dir(*model_id.split("@", 1))
     kind, key = model_id.split("-", 1)
-    return {"trunk": trunk_dir, "decay": decay_dir, "merge": merge_dir}[kind](key)
+    return {"decay": decay_dir, "merge": merge_dir}[kind](key)
 
 
 def is_model_dir(path: str) -> bool:
-    """True for a trunk checkpoint's, a decay's or a merge's directory (also as a DVC template)."""
-    return str(Path(path).parent) in {trunk_root(), str(Path(decay_dir("x")).parent), str(Path(merge_dir("x")).parent)}
+    """True for a trunk checkpoint's (`artifacts/trunk/<trunk>/step-<N>`), a decay's or a merge's directory (also as a
+    DVC template)."""
+    p = Path(path)
+    return (str(p.parent.parent) == str(Path(trunk_root("x")).parent) and p.name.startswith("step-")) or \
+        str(p.parent) in {str(Path(decay_dir("x")).parent), str(Path(merge_dir("x")).parent)}
 
 
 def model_meta(model_dir_path: str) -> str:

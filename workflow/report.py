@@ -1,4 +1,5 @@
-"""Report: one table, the study's cost, a science check, findings and plots from every model's eval and log.
+"""Report: one table, the study's cost, a science check, findings, a compute section and plots from every
+model's eval and log.
 
 Reads `artifacts/eval/<id>.json` of every model and, for the trained ones (trunk checkpoints and
 decays), `train_log.jsonl` and `meta.json`. Writes `reports/` atomically::
@@ -9,6 +10,8 @@ decays), `train_log.jsonl` and `meta.json`. Writes `reports/` atomically::
     plots/loss.png    training loss vs tokens: the trunk, each decay from its branch point, held-out markers
     plots/bpb.png     held-out bits-per-byte per model, one bar per domain + overall
     plots/merges.png  each merge's held-out loss against its inputs' (when the study has merges)
+    plots/compute.png held-out loss vs training compute, every model of every trunk, the frontier
+    plots/lr.png      final loss vs peak LR of trunks that differ only in it (when there are such trunks)
 
 Science check (what a WSD study should show; a FAIL is a finding, not an error):
 - every decay beats its parent trunk checkpoint on pooled held-out loss;
@@ -30,9 +33,9 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from workflow import cost, faults, integrity, paths
+from workflow import cost, faults, integrity, paths, shapes
 from workflow.io import atomic_dir, read_json
-from workflow.params import Params
+from workflow.params import Params, parse_model_id, scoped
 
 EMA_BETA = 0.9  # weight of the running average; ~10-step window
 PNG_METADATA = {"Software": None}  # no matplotlib version in the PNG: stable bytes
@@ -54,6 +57,8 @@ class Model:
     own_tokens: int                    # tokens this model's own job trained on
     heldout: dict[str, dict[str, float]]  # domain (and "all") -> {"loss", "bpb", ...}
     tasks: dict[str, dict[str, float]]  # lm-eval task -> {metric: value}
+    trunk: str = ""                    # the trunk it belongs to
+    flops: float = 0.0                 # training compute behind the weights (tokens x FLOPs per token)
 
     @property
     def loss(self) -> float:
@@ -86,29 +91,37 @@ def read_log(model_dir: str) -> list[tuple[int, float]]:
 
 
 def trunk_log(params: Params) -> list[tuple[int, float]]:
-    """The trunk's loss by step. The last checkpoint's log is cumulative; earlier logs are read only
-    to fill steps it lacks (per-segment logs)."""
+    """The loss by step of the trunk `params` is scoped to (`Params.at`). The last checkpoint's log is cumulative;
+    earlier logs are read only to fill steps it lacks (per-segment logs)."""
     points: dict[int, float] = {}
     for step in reversed(params.trunk.checkpoints):
         if points and min(points) <= step:
             break
-        for s, loss in read_log(paths.trunk_dir(step)):
+        for s, loss in read_log(paths.trunk_dir(params.trunk_name, step)):
             if s <= step:
                 points.setdefault(s, loss)
     return sorted(points.items())
 
 
 def tokens_per_step(params: Params) -> int:
+    """Tokens per optimizer step of the trunk `params` is scoped to."""
     return params.trunk.global_batch_size * params.model.seq_length
+
+
+def flops_per_token(params: Params) -> float:
+    """Training FLOPs per token of the scoped trunk's model (`shapes.flops_per_token`, as `check` estimates)."""
+    return shapes.flops_per_token(params.model, params.tokenizer.vocab_size)
 
 
 def history(params: Params, model_id: str) -> tuple[int, frozenset[str]]:
     """(trunk steps, decay branches) whose training is behind a model's weights; a merge unites its inputs'."""
-    kind, key = model_id.split("-", 1)
-    if kind == "trunk":
-        return int(key), frozenset()
+    kind, key = parse_model_id(model_id)
     if kind == "decay":
-        return params.decays[key].from_step, frozenset([key])
+        parent = params.decays[key].parent
+        steps, branches = history(params, parent)
+        return steps, branches | {key}
+    if kind != "merge":
+        return int(key), frozenset()
     parts = [history(params, m) for m in params.merge_inputs(key)]
     return max(t for t, _ in parts), frozenset().union(*(d for _, d in parts))
 
@@ -117,7 +130,8 @@ def tokens_seen(params: Params, model_id: str) -> int:
     """`tokens_seen` (or `step`) from meta.json when present; else steps × global batch × seq length.
     Merges count the union of their inputs' training (the shared trunk once)."""
     trunk, decays = history(params, model_id)
-    steps = trunk + sum(params.decays[b].total_steps for b in decays)
+    params = scoped(params, model_id)
+    steps = trunk + sum(params.total_steps(b) for b in decays)
     if not model_id.startswith("merge-"):
         meta_path = Path(paths.model_meta(paths.model_dir(model_id)))
         meta = read_json(meta_path) if meta_path.exists() else {}
@@ -129,19 +143,21 @@ def tokens_seen(params: Params, model_id: str) -> int:
 
 def describe(params: Params, model_id: str) -> tuple[str, str, int]:
     """(kind, lineage in words, own optimizer steps) of one model."""
-    kind, key = model_id.split("-", 1)
-    if kind == "trunk":
-        step = int(key)
-        prev = [c for c in params.trunk.checkpoints if c < step]
-        start = f"continues trunk-{prev[-1]}" if prev else "from scratch"
-        return kind, f"stable trunk to step {step} ({start}, constant LR)", step - (prev[-1] if prev else 0)
+    kind, key = parse_model_id(model_id)
+    params = scoped(params, model_id)
+    if kind not in ("decay", "merge"):
+        step, t = int(key), params.trunk
+        prev = [c for c in t.checkpoints if c < step]
+        start = f"continues {kind}@{prev[-1]}" if prev else "from scratch"
+        lr = "constant LR" if t.schedule == "wsd" else f"{t.schedule} to {t.final_lr_ratio * t.lr:g} at step {t.checkpoints[-1]}"
+        return "trunk", f"trunk {kind} to step {step} ({start}, {lr})", step - (prev[-1] if prev else 0)
     if kind == "decay":
         d = params.decays[key]
         fresh = " (fresh optimizer)" if d.rewarm and d.rewarm.reset_optimizer else ""
         rewarm = f"re-warm {d.rewarm_steps}{fresh} + " if d.rewarm else ""
         mixture = f", mixture {', '.join(f'{k} {v:g}' for k, v in d.mixture.items())}" if d.mixture else ""
-        words = f"decay of trunk-{d.from_step}, {rewarm}{d.decay_steps} steps {d.shape} → {d.min_lr(params.trunk):g}{mixture}"
-        return kind, words, d.total_steps
+        words = f"decay of {d.parent}, {rewarm}{params.decay_steps(key)} steps {d.shape} → {d.min_lr(params.trunk):g}{mixture}"
+        return kind, words, params.total_steps(key)
     merge, inputs = params.merges[key], ", ".join(params.merge_inputs(key))
     source = f"the last {merge.trunk_last_k} trunk checkpoints ({inputs})" if merge.trunk_last_k else inputs
     how = {"weighted": f" (weights {':'.join(f'{w:g}' for w in merge.weights or [])})",
@@ -151,15 +167,17 @@ def describe(params: Params, model_id: str) -> tuple[str, str, int]:
 
 def collect(params: Params) -> list[Model]:
     """Every model, sorted: trunk by step, decays by branch point, merges inputs-first."""
-    decays = sorted(params.decays, key=lambda b: (params.decays[b].from_step, params.decays[b].total_steps, b))
-    ids = [f"trunk-{s}" for s in params.trunk.checkpoints] + [f"decay-{b}" for b in decays] + \
+    decays = sorted(params.decays, key=lambda b: (params.start_step(b), params.total_steps(b), b))
+    ids = [i for t in params.trunks for i in params.trunk_ids(t)] + [f"decay-{b}" for b in decays] + \
         [f"merge-{m}" for m in params.merge_order()]
     models = []
     for model_id in ids:
         data = load_eval(model_id)
         kind, lineage, own = describe(params, model_id)
-        models.append(Model(model_id, kind, lineage, tokens_seen(params, model_id), own, own * tokens_per_step(params),
-                            data["heldout"], data.get("tasks") or {}))
+        tokens = tokens_seen(params, model_id)
+        models.append(Model(model_id, kind, lineage, tokens, own, own * tokens_per_step(scoped(params, model_id)),
+                            data["heldout"], data.get("tasks") or {}, params.trunk_of(model_id),
+                            tokens * flops_per_token(scoped(params, model_id))))
     return models
 
 
@@ -167,28 +185,28 @@ def collect(params: Params) -> list[Model]:
 
 def study_cost(params: Params) -> tuple[int, int]:
     """(optimizer steps executed, steps to train every trained model from scratch)."""
-    executed = sum(run.steps for run in cost.runs(params))  # the trunk once, then each decay's own steps
-    scratch = sum(params.trunk.checkpoints) + sum(d.end_step for d in params.decays.values())
+    executed = sum(run.steps for run in cost.runs(params))  # each trunk once, then each decay's own steps
+    scratch = sum(sum(t.checkpoints) for t in params.trunks.values()) + sum(params.end_step(b) for b in params.decays)
     return executed, scratch
 
 
 def cost_line(params: Params) -> str:
     executed, scratch = study_cost(params)
-    n = len(params.trunk.checkpoints) + len(params.decays)
-    tps = tokens_per_step(params)
-    return (f"Study cost: {executed:,} optimizer steps executed (trunk to step {params.trunk.checkpoints[-1]:,} "
-            f"+ {executed - params.trunk.checkpoints[-1]:,} decay steps; {executed * tps:,} tokens) vs {scratch:,} "
+    n = sum(len(t.checkpoints) for t in params.trunks.values()) + len(params.decays)
+    trunks = sum(t.checkpoints[-1] for t in params.trunks.values())
+    tps = tokens_per_step(params.at(params.first_trunk()))
+    return (f"Study cost: {executed:,} optimizer steps executed ({len(params.trunks)} trunk(s), {trunks:,} steps "
+            f"+ {executed - trunks:,} decay steps; about {executed * tps:,} tokens) vs {scratch:,} "
             f"({scratch * tps:,} tokens) to train each of the {n} trained models from scratch: "
             f"{scratch / executed:.2f}× fewer ({1 - executed / scratch:.0%} saved). Merges cost no optimizer steps.")
 
 
 def measured_cost(params: Params, models: list[Model]) -> str:
-    """Tokens trained (the trunk once, each decay's own) and checkpoint bytes written (meta.json's file list)
-    against `python -m workflow check`'s estimate; empty without the model dirs' meta.json."""
+    """Tokens trained (each trunk once, each decay's own beyond its parent) and checkpoint bytes written (meta.json's
+    file list) against `python -m workflow check`'s estimate; empty without the model dirs' meta.json."""
     by_id = {m.id: m for m in models}
-    trunk = by_id[f"trunk-{params.trunk.checkpoints[-1]}"].tokens
-    tokens = trunk + sum(by_id[f"decay-{b}"].tokens - by_id[f"trunk-{d.from_step}"].tokens
-                         for b, d in params.decays.items())
+    tokens = sum(by_id[params.trunk_ids(t)[-1]].tokens for t in params.trunks) + \
+        sum(by_id[f"decay-{b}"].tokens - by_id[d.parent].tokens for b, d in params.decays.items())
     metas = [Path(paths.model_meta(paths.model_dir(m.id))) for m in models if m.kind != "merge"]
     if not all(meta.exists() for meta in metas):
         return ""
@@ -204,7 +222,7 @@ def findings(params: Params, models: list[Model]) -> list[str]:
     out = [f"Best held-out loss: {best.id} ({best.loss:.4f}, {best.heldout['all']['bpb']:.4f} bpb)."]
     for m in models:
         if m.kind == "decay":
-            parent = by_id[f"trunk-{params.decays[m.id[6:]].from_step}"]
+            parent = by_id[params.decays[m.id[6:]].parent]
             delta = m.loss - parent.loss
             out.append(f"{m.id}: held-out loss {m.loss:.4f} vs {parent.loss:.4f} for its parent {parent.id} "
                        f"(Δ {delta:+.4f}, {delta / parent.loss:+.1%}).")
@@ -279,10 +297,10 @@ CHECK_HEADER = ["check", "model", "baseline", "metric", "model value", "baseline
 
 def twin(params: Params, branch: str) -> str | None:
     """A decay with the same schedule as `branch` (branch point, re-warm, length, shape, final LR) and no mixture."""
-    d, t = params.decays[branch], params.trunk
-    key = (d.from_step, d.rewarm, d.decay_steps, d.shape, d.min_lr(t))
+    d, t = params.decays[branch], params.at(params.trunk_of(f"decay-{branch}")).trunk
+    key = (d.parent, d.rewarm, params.decay_steps(branch), d.shape, d.min_lr(t))
     return next((b for b, o in params.decays.items()
-                 if o.mixture is None and (o.from_step, o.rewarm, o.decay_steps, o.shape, o.min_lr(t)) == key), None)
+                 if o.mixture is None and (o.parent, o.rewarm, params.decay_steps(b), o.shape, o.min_lr(t)) == key), None)
 
 
 def science_checks(params: Params, models: list[Model]) -> list[Check]:
@@ -294,17 +312,29 @@ def science_checks(params: Params, models: list[Model]) -> list[Check]:
         base = by_id[baseline].heldout.get(domain, {}).get("loss") if baseline else None
         return Check(check, model, baseline, domain, value, base, note)
 
-    last = f"trunk-{params.trunk.checkpoints[-1]}"
-    out = [compare("decay beats its branch point", f"decay-{b}", f"trunk-{d.from_step}") for b, d in params.decays.items()]
-    out += [compare("LAWA merge beats the last checkpoint", f"merge-{n}", last)
+    out = [compare("decay beats its branch point", f"decay-{b}", d.parent) for b, d in params.decays.items()]
+    out += [compare("LAWA merge beats the last checkpoint", f"merge-{n}", params.merge_inputs(n)[-1])
             for n, m in params.merges.items() if m.trunk_last_k]
     for b, d in params.decays.items():
         if d.mixture:
             domain = max(d.mixture, key=lambda k: (d.mixture[k], k))  # the upsampled domain
             other = twin(params, b)
-            note = "" if other else "no twin: add a decay with the same from_step, steps, shape and final LR and no mixture"
+            note = "" if other else "no twin: add a decay with the same from, steps, shape and final LR and no mixture"
             out.append(compare("mixture decay beats its twin on its upweighted domain", f"decay-{b}",
                                f"decay-{other}" if other else None, domain, note))
+    decays = [m for m in models if m.kind == "decay"]
+    for t, trunk in params.trunks.items():  # WSD + a short decay against a classic schedule of the same compute
+        if trunk.schedule != "wsd" and decays:
+            base = by_id[params.trunk_ids(t)[-1]]
+            wsd = min(decays, key=lambda d: abs(math.log(d.flops / base.flops)))
+            out.append(compare(f"a 10-20% decay beats the {trunk.schedule} baseline at equal compute", wsd.id, base.id,
+                               note=f"compute {wsd.flops / base.flops:.2f}x the baseline's"))
+    floor = noise_floor(params, models)
+    if floor is not None:  # every comparison states whether it clears the seed-to-seed spread
+        for c in out:
+            if c.value is not None and c.base is not None:
+                clears = "clears" if abs(c.value - c.base) > floor else "within"
+                c.note = "; ".join(x for x in (c.note, f"{clears} the seed noise floor {floor:.4f}") if x)
     return out
 
 
@@ -347,17 +377,18 @@ def loss_plot(params: Params, models: list[Model]) -> bytes:
     for i, m in enumerate(x for x in models if x.kind != "trunk"):
         colours[m.id] = f"C{i % 10}"
     for m in (x for x in models if x.kind == "decay"):
-        d = params.decays[m.id[6:]]
-        own = [(s, l) for s, l in read_log(paths.decay_dir(m.id[6:])) if s > d.from_step]
-        seed = [trunk_ema[s] for s in trunk_ema if s <= d.from_step][-1:]  # the lineage's EMA at the branch point
+        start = params.start_step(m.id[6:])
+        own = [(s, l) for s, l in read_log(paths.decay_dir(m.id[6:])) if s > start]
+        seed = [trunk_ema[s] for s in trunk_ema if s <= start][-1:]  # the lineage's EMA at the branch point
         steps, raw = [s for s, _ in own], [l for _, l in own]
         smooth = ema(raw, seed[0] if seed else None)
-        curves.append((m.id, colours[m.id], steps, raw, smooth, (d.from_step, seed[0]) if seed else None))
+        curves.append((m.id, colours[m.id], steps, raw, smooth, (start, seed[0]) if seed else None))
 
     fig, axes = _figure(11, 4.2, ncols=2)
     last = params.trunk.checkpoints[-1]
-    lo = min([d.from_step for d in params.decays.values()] or [int(0.7 * last)])
-    hi = max([last] + [d.end_step for d in params.decays.values()])
+    branches = [m.id[6:] for m in models if m.kind == "decay"]
+    lo = min([params.start_step(b) for b in branches] or [int(0.7 * last)])
+    hi = max([last] + [params.end_step(b) for b in branches])
     lo = max(0, lo - (hi - lo) // 5)
     for ax, zoom in zip(axes, (False, True)):
         ys = []
@@ -404,6 +435,55 @@ def bpb_plot(models: list[Model], domains: list[str]) -> bytes:
     ax.legend(fontsize=7, ncols=min(len(domains), 6))
     ax.set_title("Held-out bpb per model (lower is better)")
     return _png(fig)
+
+
+def compute_plot(models: list[Model], frontier: list[str]) -> bytes:
+    """Held-out loss against training compute for every model of every trunk (one colour per trunk), the
+    compute-optimal frontier as a line."""
+    fig, (ax,) = _figure(6.4, 4.2)
+    trunks = list(dict.fromkeys(m.trunk for m in models))
+    for i, t in enumerate(trunks):
+        own = [m for m in models if m.trunk == t]
+        ax.scatter([m.flops for m in own], [m.loss for m in own], color=f"C{i % 10}", label=t, s=18)
+    front = sorted((m for m in models if m.id in frontier), key=lambda m: m.flops)
+    ax.plot([m.flops for m in front], [m.loss for m in front], color="black", lw=0.8, label="frontier")
+    ax.set_xscale("log")
+    ax.set_xlabel("training compute (FLOPs)")
+    ax.set_ylabel("held-out loss")
+    ax.legend(fontsize=7)
+    ax.set_title("Held-out loss vs compute")
+    return _png(fig)
+
+
+def lr_plot(points: list[tuple[float, float, str]]) -> bytes:
+    """Final held-out loss against peak LR for trunks that differ only in it."""
+    fig, (ax,) = _figure(5, 3.6)
+    points = sorted(points)
+    ax.plot([p[0] for p in points], [p[1] for p in points], marker="o", color="C0")
+    for lr, loss, name in points:
+        ax.annotate(name, (lr, loss), fontsize=7, xytext=(3, 3), textcoords="offset points")
+    ax.set_xscale("log")
+    ax.set_xlabel("peak LR")
+    ax.set_ylabel("held-out loss (last checkpoint)")
+    ax.set_title("LR sensitivity")
+    return _png(fig)
+
+
+def lr_points(params: Params, models: list[Model]) -> list[tuple[float, float, str]]:
+    """(peak LR, last checkpoint's loss, trunk) of every trunk in a pair that differs only in peak LR."""
+    by_id = {m.id: m for m in models}
+    names = {t for pair, keys in differing(params).items() if keys == ["lr"] for t in pair}
+    return [(params.trunks[t].lr, by_id[params.trunk_ids(t)[-1]].loss, t) for t in sorted(names)]
+
+
+def frontier_of(models: list[Model]) -> list[str]:
+    """Models with a lower loss than every model of less compute."""
+    out, best = [], math.inf
+    for m in sorted(models, key=lambda m: m.flops):
+        if m.loss < best:
+            out.append(m.id)
+            best = m.loss
+    return out
 
 
 def merge_plot(params: Params, models: list[Model]) -> bytes:
@@ -523,6 +603,105 @@ td,th{{border:1px solid #ccc;padding:3px 8px}}td:nth-child(n+3){{text-align:righ
 """
 
 
+def settings(params: Params, trunk: str) -> dict:
+    """What a trunk's weights depend on (its model and training settings, not where it saves)."""
+    t = params.trunks[trunk]
+    out = t.model_dump(mode="json", exclude={"checkpoints", "save_interval", "log_interval", "model", "declared"})
+    return out | ({"horizon": t.checkpoints[-1]} if t.schedule != "wsd" else {}) | \
+        {f"model.{k}": v for k, v in t.model.model_dump(mode="json", exclude={"parallel"}).items()}
+
+
+def differing(params: Params) -> dict[tuple[str, str], list[str]]:
+    """Pairs of trunks -> the settings they differ in."""
+    names, s = list(params.trunks), {t: settings(params, t) for t in params.trunks}
+    return {(a, b): sorted(k for k in s[a].keys() | s[b].keys() if s[a].get(k) != s[b].get(k))
+            for i, a in enumerate(names) for b in names[i + 1:]}
+
+
+def noise_floor(params: Params, models: list[Model]) -> float | None:
+    """The spread (max - min) of held-out loss between the last checkpoints of trunks that differ only in seed."""
+    by_id = {m.id: m for m in models}
+    pairs = [p for p, keys in differing(params).items() if keys == ["seed"]]
+    if not pairs:
+        return None
+    last = lambda t: by_id[params.trunk_ids(t)[-1]].loss  # noqa: E731
+    return max(abs(last(a) - last(b)) for a, b in pairs)
+
+
+def fit_power_law(compute: list[float], loss: list[float]) -> tuple[float, float, float]:
+    """(a, b, c) of L(C) = a·C^(−b) + c fitted by least squares (scipy), C in units of the smallest compute."""
+    import numpy as np
+    from scipy.optimize import curve_fit
+
+    c0 = min(compute)
+    x, y = np.asarray(compute, dtype=float) / c0, np.asarray(loss, dtype=float)
+    (a, b, c), _ = curve_fit(lambda x, a, b, c: a * x ** (-b) + c, x, y, p0=(y.max() - y.min() + 1e-3, 0.3, y.min() * 0.9),
+                             bounds=([0, 0, 0], [np.inf, 5, np.inf]), maxfev=20000)
+    return float(a * c0 ** b), float(b), float(c)
+
+
+def size_fit_lines(params: Params, models: list[Model]) -> list[str]:
+    """The power-law fit of the final loss of each model size (trunks' last checkpoints, by FLOPs per token) against
+    compute, when at least three sizes are present; and its prediction for the largest size fitted on the others."""
+    sizes: dict[int, Model] = {}
+    for t in params.trunks:
+        m = next(x for x in models if x.id == params.trunk_ids(t)[-1])
+        per_token = flops_per_token(params.at(t))
+        if per_token not in sizes or m.loss < sizes[per_token].loss:
+            sizes[per_token] = m
+    if len(sizes) < 3:
+        return [f"Power-law fit L(C) = a·C^(−b) + c: needs three model sizes, the study has {len(sizes)}."]
+    pts = sorted(sizes.values(), key=lambda m: m.flops)
+    a, b, c = fit_power_law([m.flops for m in pts], [m.loss for m in pts])
+    out = [f"Power-law fit over {len(pts)} sizes: L(C) = {a:.4g}·C^(−{b:.4f}) + {c:.4f}."]
+    if len(pts) >= 4:
+        a2, b2, c2 = fit_power_law([m.flops for m in pts[:-1]], [m.loss for m in pts[:-1]])
+        big = pts[-1]
+        out.append(f"Fitted without the largest ({big.id}), it predicts {a2 * big.flops ** -b2 + c2:.4f} for it; measured {big.loss:.4f}.")
+    return out
+
+
+def compute_lines(params: Params, models: list[Model], floor: float | None) -> list[str]:
+    """Markdown: every model by training compute, the WSD-vs-cosine table at equal compute, trunk comparisons."""
+    out = ["| model | trunk | tokens | compute (FLOPs) | held-out loss |", "| --- | --- | ---: | ---: | ---: |"]
+    out += [f"| {m.id} | {m.trunk} | {m.tokens:,} | {m.flops:.3e} | {m.loss:.4f} |" for m in sorted(models, key=lambda m: m.flops)]
+    frontier = frontier_of(models)
+    out += ["", f"Compute-optimal frontier (lowest loss so far by compute): {', '.join(frontier)}."]
+    baselines = [m for m in models if m.kind == "trunk" and params.trunks[m.trunk].schedule != "wsd"
+                 and int(m.id.split("@")[1]) == params.trunks[m.trunk].checkpoints[-1]]
+    decays = [m for m in models if m.kind == "decay"]
+    if baselines and decays:
+        out += ["", "WSD vs classic schedule at equal compute (the decay whose compute is nearest each baseline's):", "",
+                "| baseline | schedule | compute | loss | WSD model | compute | loss | Δ loss | result |",
+                "| --- | --- | ---: | ---: | --- | ---: | ---: | ---: | --- |"]
+        for b in baselines:
+            w = min(decays, key=lambda d: abs(math.log(d.flops / b.flops)))
+            delta = w.loss - b.loss
+            verdict = "WSD matches or beats" if delta <= 0 else "WSD worse"
+            if floor is not None and abs(delta) < floor:
+                verdict += f" (within the seed noise floor {floor:.4f})"
+            out.append(f"| {b.id} | {params.trunks[b.trunk].schedule} | {b.flops:.3e} | {b.loss:.4f} | {w.id} | "
+                       f"{w.flops:.3e} | {w.loss:.4f} | {delta:+.4f} | {verdict} |")
+    by_id = {m.id: m for m in models}
+    pairs = {pair: keys for pair, keys in differing(params).items() if len(keys) == 1}
+    if not pairs:
+        out += ["", "Trunks that differ in one setting: none."]
+    else:
+        out += ["", "Trunks that differ in one setting (last checkpoints):", "",
+                "| trunks | setting | loss | loss | Δ | beyond noise |", "| --- | --- | ---: | ---: | ---: | --- |"]
+        for (a, b), keys in pairs.items():
+            if len(keys) != 1:
+                continue
+            la, lb = by_id[params.trunk_ids(a)[-1]].loss, by_id[params.trunk_ids(b)[-1]].loss
+            beyond = "—" if floor is None or keys == ["seed"] else ("yes" if abs(la - lb) > floor else "no")
+            out.append(f"| {a} vs {b} | {keys[0]}: {settings(params, a)[keys[0]]} vs {settings(params, b)[keys[0]]} | "
+                       f"{la:.4f} | {lb:.4f} | {la - lb:+.4f} | {beyond} |")
+    out += [""] + size_fit_lines(params, models)
+    out += ["", f"Seed noise floor: {floor:.4f} (largest held-out loss gap between trunks differing only in seed)." if floor is not None
+            else "Seed noise floor: none (no two trunks differ only in their seed)."]
+    return out
+
+
 def run(params: Params, *, inputs: dict[str, list[str]]) -> None:
     """Read every eval and training log (`inputs`), then write `reports/` in one atomic step."""
     import matplotlib
@@ -533,18 +712,24 @@ def run(params: Params, *, inputs: dict[str, list[str]]) -> None:
     header, rows = table(models, domains)
     costs = [c for c in (cost_line(params), measured_cost(params, models)) if c]
     checks, notes = science_checks(params, models), findings(params, models)
+    compute = compute_lines(params, models, noise_floor(params, models))
     root = Path(paths.report_dir())
+    first = params.first_trunk()
     with matplotlib.style.context("default"), matplotlib.rc_context(RC):
-        plots = {"training loss": (Path(paths.loss_plot()).relative_to(root).as_posix(), loss_plot(params, models)),
+        plots = {"training loss": (Path(paths.loss_plot()).relative_to(root).as_posix(),
+                                   loss_plot(params.at(first), [m for m in models if m.trunk == first])),
                  "held-out bpb": (BPB_PLOT, bpb_plot(models, domains))}
         if params.merges:
             plots["merges vs inputs"] = (MERGE_PLOT, merge_plot(params, models))
+        plots["loss vs compute"] = ("plots/compute.png", compute_plot(models, frontier_of(models)))
+        if lr_points(params, models):
+            plots["LR sensitivity"] = ("plots/lr.png", lr_plot(lr_points(params, models)))
         selections = list(params.quality.selections)
         if selections:
             plots["quality scores"] = (SCORE_PLOT, score_plot(selections))
-    data = params.trunk.data
-    selection = (f"The trunk and its decays train on {f'data variant {data}' if data else 'the whole curated corpus'}; "
-                 "held-out losses are always on every source's whole held-out split.",
+    trains_on = "; ".join(f"trunk {t} and its decays train on {f'data variant {s.data}' if s.data else 'the whole curated corpus'}"
+                          for t, s in params.trunks.items())
+    selection = (f"{trains_on[0].upper()}{trains_on[1:]}; held-out losses are always on every source's whole held-out split.",
                  selection_rows(params, selections)) if selections else None
     with atomic_dir(root) as tmp:
         for rel, png in plots.values():
@@ -553,7 +738,7 @@ def run(params: Params, *, inputs: dict[str, list[str]]) -> None:
             faults.point("report.plot")
         md = tmp / Path(paths.report_file()).relative_to(root)
         md.write_text(markdown(header, rows, costs, checks, notes, {alt: rel for alt, (rel, _) in plots.items()},
-                               selection), encoding="utf-8")
+                               selection) + "\n## Compute\n\n" + "\n".join(compute) + "\n", encoding="utf-8")
         md.with_suffix(".html").write_text(html_page(header, rows, costs, checks, notes,
                                                      {alt: png for alt, (_, png) in plots.items()}, selection),
                                            encoding="utf-8")

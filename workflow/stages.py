@@ -32,13 +32,21 @@ Inputs = dict[str, list[str]]
 
 # Keys a stage reads that do not change what it writes, so no engine tracks them (each with its reason).
 UNTRACKED = {
-    "model.parallel": "the process layout: checkpoints reshard, and DP/PP reproduce one process bit for bit "
-                      "(TP changes only the float summation order)",
-    "trunk.save_interval": "where a job saves resume points; a resumed run ends with the same bytes",
-    "trunk.log_interval": "how often the job's log prints a line",
+    "trunks.*.model.parallel": "the process layout: checkpoints reshard, and DP/PP reproduce one process bit for bit "
+                               "(TP changes only the float summation order)",
+    "trunks.*.save_interval": "where a job saves resume points; a resumed run ends with the same bytes",
+    "trunks.*.log_interval": "how often the job's log prints a line",
     "resources": "what jobs ask the cluster for",
     "dvc": "how dvc.yaml tracks model directories (whole, or by their meta.json): the same bytes either way",
 }
+# `model` and `trunk` are read only through `trunks` (every named trunk resolved from them): no stage reads them.
+
+
+def untracked(key: str) -> bool:
+    """Whether a dotted key (or a section holding it) is one of UNTRACKED."""
+    import fnmatch
+
+    return any(fnmatch.fnmatchcase(key, u) or fnmatch.fnmatchcase(key, u + ".*") for u in UNTRACKED)
 
 
 @dataclass(frozen=True)
@@ -72,9 +80,9 @@ class Stage:
     directories: bool = True            # outputs are directories (else files)
     training: bool = False              # runs in the training env, and under torchrun when parallel
     threads: str = "one"                # "one" | "all": cores of a local run when no `resources.<name>.cpus`
-    dvc: tuple[Foreach, ...] = ()       # DVC `foreach` blocks; none: one DVC stage per instance
-    run_all: Callable[..., None] | None = None  # DVC runs every instance as one stage: run_all(params, [(key, inputs)])
-    run_all_reads: tuple[str, ...] = ()  # what `run_all` reads besides every instance's reads (its list of instances)
+    dvc: Callable[[Params], tuple[Foreach, ...]] | None = None  # DVC `foreach` blocks; none: one DVC stage per instance
+    run_all: Callable[..., None] | None = None  # DVC runs the instances of each value of the first key as one stage
+    run_all_reads: tuple[str, ...] = ()  # what `run_all` reads besides every instance's reads (its list of instances), `{key}` formatted
     dvc_dir_groups: tuple[str, ...] = ()  # input groups DVC depends on by their directory (fewer deps, no regeneration)
 
     @property
@@ -83,6 +91,9 @@ class Stage:
 
     def typed(self, key: dict[str, Any]) -> dict[str, Any]:
         """Key values converted to their types (Snakemake wildcards and CLI arguments arrive as strings)."""
+        missing = [k.name for k in self.keys if k.name not in key]
+        if missing:
+            raise ParamsError(f"{self.name}: give --{' --'.join(missing)} (see `python -m workflow {self.name} --help`)")
         return {k.name: k.type(key[k.name]) for k in self.keys}
 
     def call(self, params: Params, view: Any = None, **kwargs: Any) -> str:
@@ -90,14 +101,26 @@ class Stage:
         its keys, a `run_all` stage runs every instance. `view`: what the stage code reads params through
         (the read recorder); inputs always come from `params`. Returns the instance's label."""
         key = {k: v for k in self.key_names if (v := kwargs.pop(k, None)) is not None}
+        if self.run_all is not None and key and self.key_names[0] not in key and len(self.groups(params)) == 1:
+            key = {self.key_names[0]: next(iter(self.groups(params))), **key}  # `trunk --step N` of a one-trunk study
         seen = params if view is None else view
-        if self.run_all is not None and not key:
-            self.run_all(seen, [(k, self.inputs(params, **k)) for k in self.instances(params)], **kwargs)
-            return self.name
+        if self.run_all is not None and set(key) <= {self.key_names[0]} and (key or len(self.groups(params)) == 1):
+            group = key.get(self.key_names[0]) or next(iter(self.groups(params)))
+            if group not in self.groups(params):
+                raise ParamsError(f"{self.name} --{self.key_names[0]} {group}: not declared by the study (declared: {', '.join(self.groups(params))})")
+            self.run_all(seen, [(k, self.inputs(params, **k)) for k in self.groups(params)[group]], **kwargs)
+            return f"{self.name}-{group}"
         check_key(params, self, key)
         key = self.typed(key)
         self.run(seen, **key, inputs=self.inputs(params, **key), **kwargs)
         return self.label(key)
+
+    def groups(self, params: Params) -> dict[str, list[dict[str, Any]]]:
+        """A `run_all` stage's instances by the value of its first key (one DVC stage each)."""
+        out: dict[str, list[dict[str, Any]]] = {}
+        for key in self.instances(params):
+            out.setdefault(str(key[self.key_names[0]]), []).append(key)
+        return out
 
     def command(self, key: dict[str, Any]) -> str:
         """The shell command of one instance (both engines run exactly this)."""
@@ -180,9 +203,9 @@ def tokens(params: Params, split: str = "train", data: str | None = None) -> lis
         [paths.tokens_stats(d, data) for d in params.domains()]
 
 
-def training_tokens(params: Params) -> list[str]:
-    """The token files trunk and decays train on: the data variant `trunk.data`, or the whole curated corpus."""
-    return tokens(params, data=params.trunk.data)
+def training_tokens(params: Params, trunk: str) -> list[str]:
+    """The token files a trunk and its decays train on: its data variant (`data`), or the whole curated corpus."""
+    return tokens(params, data=params.trunks[trunk].data)
 
 
 def trains_classifier(params: Params, scorer: str) -> bool:
@@ -190,11 +213,11 @@ def trains_classifier(params: Params, scorer: str) -> bool:
     return cfg.kind == "fasttext" and cfg.model is None
 
 
-def previous_checkpoint(params: Params, step: int) -> list[str]:
-    """The trunk checkpoint a segment continues from ([] for the first)."""
-    steps = list(params.trunk.checkpoints)
+def previous_checkpoint(params: Params, trunk: str, step: int) -> list[str]:
+    """The checkpoint a trunk segment continues from ([] for the first)."""
+    steps = list(params.trunks[trunk].checkpoints)
     i = steps.index(step)
-    return [paths.trunk_dir(steps[i - 1])] if i else []
+    return [paths.trunk_dir(trunk, steps[i - 1])] if i else []
 
 
 def _curate_shard_inputs(params: Params, source: str, part: str) -> Inputs:
@@ -245,14 +268,14 @@ def _tokenize_selected_inputs(params: Params, selection: str, domain: str) -> In
             "tokenizer": [paths.tokenizer_dir()]}
 
 
-def _trunk_inputs(params: Params, step: int) -> Inputs:
-    return {"previous": previous_checkpoint(params, step), "tokenizer": [paths.tokenizer_dir()],
-            "tokens": training_tokens(params)}
+def _trunk_inputs(params: Params, trunk: str, step: int) -> Inputs:
+    return {"previous": previous_checkpoint(params, trunk, step), "tokenizer": [paths.tokenizer_dir()],
+            "tokens": training_tokens(params, trunk)}
 
 
 def _decay_inputs(params: Params, branch: str) -> Inputs:
-    return {"parent": [paths.trunk_dir(params.decays[branch].from_step)], "tokenizer": [paths.tokenizer_dir()],
-            "tokens": training_tokens(params)}
+    return {"parent": [paths.model_dir(params.decays[branch].parent)], "tokenizer": [paths.tokenizer_dir()],
+            "tokens": training_tokens(params, params.trunk_of(f"decay-{branch}"))}
 
 
 def _merge_inputs(params: Params, name: str) -> Inputs:
@@ -282,14 +305,23 @@ def _report_inputs(params: Params) -> Inputs:
 
 # -- what each stage reads (held against the recorded reads) ------------------------------------------
 
-def trunk_weights(params: Params) -> list[str]:
-    """The trunk keys a checkpoint's weights depend on."""
-    return [f"trunk.{k}" for k in Trunk.model_fields if k not in TRUNK_LAYOUT]
+def trunk_weights(params: Params, trunk: str) -> list[str]:
+    """The keys of one trunk its checkpoints' weights depend on (a cosine or linear trunk: its horizon too)."""
+    layout = TRUNK_LAYOUT - ({"checkpoints"} if params.trunks[trunk].schedule != "wsd" else set())
+    return [f"trunks.{trunk}.{k}" for k in Trunk.model_fields if k not in layout]
 
 
-def model_keys(params: Params) -> list[str]:
-    """The model keys every model's weights depend on (not the process layout)."""
-    return [f"model.{k}" for k in Model.model_fields if f"model.{k}" not in UNTRACKED]
+def model_keys(params: Params, trunk: str) -> list[str]:
+    """The model keys of one trunk every model of it depends on (not the process layout)."""
+    return [f"trunks.{trunk}.model.{k}" for k in Model.model_fields if not untracked(f"trunks.{trunk}.model.{k}")]
+
+
+def owner(params: Params, model_id: str) -> str:
+    """The trunk of a model (`Params.trunk_of`) read on the real study, not a recording view: which trunk a model
+    belongs to is an edge (its parent's or its inputs' directories), which the engines follow as inputs."""
+    from workflow.reads import unwrap
+
+    return unwrap(params).trunk_of(model_id)
 
 
 def fields(params: Params, dotted: str, *names: str) -> list[str]:
@@ -334,22 +366,31 @@ def _reads_score(params: Params, scorer: str, source: str) -> list[str]:
     return [f"quality.scorers.{scorer}.{k}" for k in ("kind", "max_chars", *(("label",) if fasttext else ()))]
 
 
-def training_reads(params: Params) -> list[str]:
-    """What every trained model's weights depend on: the model, the trunk's optimisation, the data's domains
-    and the end-of-document token."""
-    return [*model_keys(params), *trunk_weights(params), *domains(params), "tokenizer.eod_token"]
+def training_reads(params: Params, trunk: str) -> list[str]:
+    """What every trained model of a trunk depends on: its model, its optimisation, the data's domains and the
+    end-of-document token."""
+    return [*model_keys(params, trunk), *trunk_weights(params, trunk), *domains(params), "tokenizer.eod_token"]
 
 
-def _reads_trunk(params: Params, step: int) -> list[str]:
-    return training_reads(params)
+def _reads_trunk(params: Params, trunk: str, step: int) -> list[str]:
+    return training_reads(params, trunk)
+
+
+def decay_chain(params: Params, branch: str) -> list[str]:
+    """A branch and the decays it descends from (their lengths set where it starts)."""
+    chain = [branch]
+    while params.decays[chain[-1]].parent.startswith("decay-"):
+        chain.append(params.decays[chain[-1]].parent[6:])
+    return chain
 
 
 def _reads_decay(params: Params, branch: str) -> list[str]:
-    return [*training_reads(params), f"decays.{branch}"]
+    return [*training_reads(params, params.trunk_of(f"decay-{branch}")), *(f"decays.{b}" for b in decay_chain(params, branch))]
 
 
 def _reads_merge(params: Params, name: str) -> list[str]:
-    return [*model_keys(params), "tokenizer.eod_token", *(f"merges.{name}.{k}" for k in ("method", "weights", "temperature"))]
+    return [*model_keys(params, params.trunk_of(f"merge-{name}")), "tokenizer.eod_token",
+            *(f"merges.{name}.{k}" for k in ("method", "weights", "temperature"))]
 
 
 def _reads_eval_tasks(params: Params) -> list[str]:
@@ -357,17 +398,21 @@ def _reads_eval_tasks(params: Params) -> list[str]:
 
 
 def _reads_evaluate(params: Params, model: str) -> list[str]:
-    return [*model_keys(params), *domains(params), "tokenizer.eod_token",
+    return [*model_keys(params, params.trunk_of(model)), *domains(params), "tokenizer.eod_token",
             *(f"eval.{k}" for k in ("batch_size", "max_sequences", "tasks", "task_limit", "num_fewshot"))]
 
 
 def _reads_report(params: Params) -> list[str]:
-    """Whole `decays` and `merges`: a new branch needs no new dvc.yaml (the report describes every model); the
-    model's shape and vocabulary for the estimated cost beside the measured one."""
-    shape = ("num_layers", "hidden_size", "num_attention_heads", "num_query_groups", "ffn_hidden_size", "seq_length",
-             "tie_embeddings")
-    return [*(f"model.{k}" for k in shape), "tokenizer.vocab_size", "trunk.checkpoints", "trunk.global_batch_size",
-            "trunk.data", *domains(params), "decays", "merges"]
+    """Whole `decays` and `merges`: a new branch needs no new dvc.yaml (the report describes every model); each
+    trunk's model shape and training settings (its data variant among them), and the vocabulary, for the estimated
+    cost beside the measured one."""
+    per_trunk = [k for t in params.trunks for k in (*model_keys(params, t), *trunk_weights(params, t), f"trunks.{t}.checkpoints")]
+    return [*dict.fromkeys(per_trunk), "tokenizer.vocab_size", *domains(params), "decays", "merges"]
+
+
+def checkpoints_key(params: Params, trunk: str) -> str:
+    """Where params.yaml lists a trunk's checkpoints (DVC templates name it): its own, or the shared `trunk`'s."""
+    return f"trunks.{trunk}.checkpoints" if "checkpoints" in params.trunks[trunk].declared else "trunk.checkpoints"
 
 
 # -- the table ----------------------------------------------------------------------------------------
@@ -410,16 +455,17 @@ STAGES: dict[str, Stage] = {s.name: s for s in [
           instances=lambda p: [{"selection": s, "domain": d} for s in p.quality.selections for d in p.domains()],
           inputs=_tokenize_selected_inputs, outputs=lambda selection, domain: paths.selected_tokens_files(selection, domain),
           reads=_reads_tokenize, keys=(SELECTION, DOMAIN), directories=False, threads="all"),
-    Stage("trunk", trunk.run, "Train the WSD stable phase from the previous trunk checkpoint to this one.",
-          instances=lambda p: [{"step": s} for s in p.trunk.checkpoints], inputs=_trunk_inputs,
-          outputs=lambda step: [paths.trunk_dir(step)], reads=_reads_trunk,
-          keys=(Key("step", "a value of `trunk.checkpoints`", int, r"\d+"),), training=True, threads="all",
+    Stage("trunk", trunk.run, "Train one trunk from its previous checkpoint to this one.",
+          instances=lambda p: [{"trunk": t, "step": s} for t in p.trunks for s in p.trunks[t].checkpoints],
+          inputs=_trunk_inputs, outputs=lambda trunk, step: [paths.trunk_dir(trunk, step)], reads=_reads_trunk,
+          keys=(Key("trunk", "a trunk (a key of `trunks`; `main` without them)"),
+                Key("step", "a checkpoint of the trunk", int, r"\d+")), training=True, threads="all",
           dvc_dir_groups=("tokens",),
-          run_all=trunk.run_all, run_all_reads=("trunk.checkpoints",)),
+          run_all=trunk.run_all, run_all_reads=("trunks.{}.checkpoints",)),
     Stage("decay", decay.run, "Train one decay branch from its trunk checkpoint.",
           instances=lambda p: [{"branch": b} for b in p.decays], inputs=_decay_inputs,
           outputs=lambda branch: [paths.decay_dir(branch)], reads=_reads_decay,
-          keys=(Key("branch", "a key of `decays`"),), training=True, dvc=(Foreach("${decays}", {"branch": "${key}"}),),
+          keys=(Key("branch", "a key of `decays`"),), training=True,  # one DVC stage each: DVC cannot template the parent's dir
           dvc_dir_groups=("tokens",)),
     Stage("merge", merge.run, "Average the weights of the models of one merge.",
           instances=lambda p: [{"name": m} for m in p.merge_order()], inputs=_merge_inputs,
@@ -431,10 +477,10 @@ STAGES: dict[str, Stage] = {s.name: s for s in [
           instances=lambda p: [{"model": m} for m in p.model_ids()], inputs=_evaluate_inputs,
           outputs=lambda model: [paths.eval_file(model)], reads=_reads_evaluate, directories=False,
           dvc_dir_groups=("tokens",),
-          keys=(Key("model", "trunk-<N>, decay-<branch> or merge-<name>", pattern=r"trunk-\d+|decay-[a-z0-9][a-z0-9_-]*|merge-[a-z0-9][a-z0-9_-]*"),),
-          dvc=(Foreach("${trunk.checkpoints}", {"model": "trunk-${item}"}, "trunk"),
-               Foreach("${decays}", {"model": "decay-${key}"}, "decay", when="decays"),
-               Foreach("${merges}", {"model": "merge-${key}"}, "merge", when="merges"))),
+          keys=(Key("model", "<trunk>@<N>, decay-<branch> or merge-<name>", pattern=r"[a-z0-9][a-z0-9_-]*@\d+|decay-[a-z0-9][a-z0-9_-]*|merge-[a-z0-9][a-z0-9_-]*"),),
+          dvc=lambda p: (*(Foreach("${%s}" % checkpoints_key(p, t), {"model": f"{t}@${{item}}"}, f"trunk-{t}") for t in p.trunks),
+                         Foreach("${decays}", {"model": "decay-${key}"}, "decay", when="decays"),
+                         Foreach("${merges}", {"model": "merge-${key}"}, "merge", when="merges"))),
     Stage("report", report.run, "Write reports/ (summary.md, summary.html, plots) from every eval and training log.",
           instances=_one, inputs=_report_inputs, outputs=lambda: [paths.report_dir()], reads=_reads_report,
           dvc_dir_groups=("evals", "logs")),

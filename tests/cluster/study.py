@@ -15,5 +15,6 @@ def micro_params() -> dict:
     params.pop("quality")  # its classifier learns prose from code
     params["trunk"].update(checkpoints=[4, 8], warmup_steps=2, save_interval=4)
     params["decays"], params["merges"] = {}, {}
+    params.pop("trunks", None)  # one trunk, main
     params["eval"]["tasks"] = []  # held-out loss/bpb only: lm-eval tasks cost ~4x the evaluation on this scale
     return params

@@ -69,7 +69,7 @@ def submissions(log: str) -> dict[str, Path]:
 
 def test_study_completes(cluster_run):
     repo, _ = cluster_run
-    for model in ("trunk-4", "trunk-8"):
+    for model in ("main@4", "main@8"):
         assert json.loads((repo / paths.eval_file(model)).read_text())["model"] == model
     assert (repo / paths.report_file()).is_file()
     dry = run([sys.executable, "-m", "snakemake", "--dry-run"], repo).stdout  # plain snakemake: the local profile
@@ -96,9 +96,9 @@ def test_every_job_went_through_slurm(cluster_run):
 def test_each_trunk_segment_is_its_own_job(cluster_run):
     repo, log = cluster_run
     trunk_logs = {p.parent.name: p.stem for p in (repo / ".snakemake/slurm_logs/rule_trunk").glob("*/*.log")}
-    assert set(trunk_logs) == {"4", "8"} and len(set(trunk_logs.values())) == 2
+    assert set(trunk_logs) == {"main_4", "main_8"} and len(set(trunk_logs.values())) == 2
     assert set(trunk_logs.values()) <= set(submissions(log))
-    assert "python -m workflow trunk --step 8" in (repo / ".snakemake/slurm_logs/rule_trunk/8" / f"{trunk_logs['8']}.log").read_text()
+    assert "python -m workflow trunk --trunk main --step 8" in (repo / ".snakemake/slurm_logs/rule_trunk/main_8" / f"{trunk_logs['main_8']}.log").read_text()
 
 
 def test_params_resources_reach_sbatch(cluster_run):
@@ -119,7 +119,7 @@ def test_trunk_trains_across_two_nodes_as_one_process_does(cluster_run, tmp_path
     the losses and grad norms equal a one-process run of the same segments, to 1e-5."""
     repo, _ = cluster_run
     for step in (4, 8):
-        stage_log = (repo / engine.job_file("trunk", "logs", ".log").format(step=step)).read_text()
+        stage_log = (repo / engine.job_file("trunk", "logs", ".log").format(trunk="main", step=step)).read_text()
         assert "launching 2 processes: srun --nodes=2 --ntasks=2 --ntasks-per-node=1" in stage_log, stage_log[-2000:]
         assert stage_log.count("--rdzv-backend=c10d") == 2 and "is_host=true" in stage_log and "is_host=false" in stage_log
     one = clone_study(repo, tmp_path / "one-process")
@@ -127,11 +127,11 @@ def test_trunk_trains_across_two_nodes_as_one_process_does(cluster_run, tmp_path
     params["model"]["parallel"] = {}
     (one / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     run([sys.executable, "-m", "workflow", "dvc-yaml"], one)
-    shutil.rmtree(one / paths.trunk_root())
+    shutil.rmtree(one / paths.trunk_root("main"))
     for step in (4, 8):
         done = run([sys.executable, "-m", "workflow", "trunk", "--step", str(step)], one)
         assert "launching" not in done.stderr
-        two_nodes, single = ckpt.read_log(repo / paths.trunk_dir(step)), ckpt.read_log(one / paths.trunk_dir(step))
+        two_nodes, single = ckpt.read_log(repo / paths.trunk_dir("main", step)), ckpt.read_log(one / paths.trunk_dir("main", step))
         assert [r["step"] for r in two_nodes] == [r["step"] for r in single] == list(range(1, step + 1))
         assert [r["loss"] for r in two_nodes] == pytest.approx([r["loss"] for r in single], abs=1e-5)
         assert [r["grad_norm"] for r in two_nodes] == pytest.approx([r["grad_norm"] for r in single], rel=1e-5)
@@ -141,7 +141,7 @@ def test_trunk_trains_across_two_nodes_as_one_process_does(cluster_run, tmp_path
 
 SEGMENT, STEP_DELAY = 200, 0.5  # steps of the stopped segment, made to need ~100 s > its 1-minute walltime
 STOPPED = re.compile(r"stopped by SLURM at step (\d+), saved; resume from (\d+)")
-RESUMED = re.compile(rf"trunk-{SEGMENT}: resuming from \S+ \(step (\d+)\)")
+RESUMED = re.compile(rf"main@{SEGMENT}: resuming from \S+ \(step (\d+)\)")
 
 
 def running_jobs(run_id: str) -> list[str]:
@@ -161,9 +161,9 @@ def stopped_run(slurm, tmp_path_factory) -> dict:
     run([sys.executable, "-m", "workflow", "dvc-yaml"], repo)
     run([sys.executable, "-m", "snakemake", "--profile", "profiles/local", "--cores", "2", "--until", "tokenize"], repo)
     reference = clone_study(repo, repo.parent / "uninterrupted")
-    uninterrupted = subprocess.Popen([sys.executable, "-m", "workflow", "trunk", "--step", str(SEGMENT)], cwd=reference,
-                                     stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    target, stage_log = paths.trunk_dir(SEGMENT), repo / engine.job_file("trunk", "logs", ".log").format(step=SEGMENT)
+    uninterrupted = subprocess.Popen([sys.executable, "-m", "workflow", "trunk", "--trunk", "main", "--step", str(SEGMENT)],
+                                     cwd=reference, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    target, stage_log = paths.trunk_dir("main", SEGMENT), repo / engine.job_file("trunk", "logs", ".log").format(trunk="main", step=SEGMENT)
     slow = {**os.environ, "ARBOR_FAULT_DELAY": f"train.step:{STEP_DELAY}"}  # a slow node: the job outlives its walltime
     with open(repo.parent / "snakemake.log", "w") as out:
         cluster = subprocess.Popen([sys.executable, "-m", "snakemake", "--profile", "cluster", *STATUS_FLAGS, target],
@@ -174,7 +174,7 @@ def stopped_run(slurm, tmp_path_factory) -> dict:
             text = stage_log.read_text() if stage_log.exists() else ""
             stops += [m[0] for m in STOPPED.finditer(text) if m[0] not in stops]
             resumes += [int(m[1]) for m in RESUMED.finditer(text) if int(m[1]) not in resumes]
-            if requeued is None and re.search(rf"trunk-{SEGMENT} step \d+/", text):
+            if requeued is None and re.search(rf"main@{SEGMENT} step \d+/", text):
                 run_id = re.search(r"SLURM run ID: (\S+)", (repo.parent / "snakemake.log").read_text())[1]
                 requeued = running_jobs(run_id)
                 subprocess.run(["scontrol", "requeue", *requeued], check=True, capture_output=True)
@@ -204,6 +204,6 @@ def test_requeue_and_walltime_stop_save_and_resume(stopped_run):
     # it runs, and on a loaded machine an attempt can reach its walltime between two reads: more jobs than stops
     assert len(stopped_run["jobs"]) >= len(stops)
     for rel in ("checkpoint", "train_log.jsonl", "meta.json"):
-        for mine in sorted((repo / paths.trunk_dir(SEGMENT)).glob(rel if rel != "checkpoint" else "checkpoint/*")):
+        for mine in sorted((repo / paths.trunk_dir("main", SEGMENT)).glob(rel if rel != "checkpoint" else "checkpoint/*")):
             other = reference / mine.relative_to(repo)
             assert mine.read_bytes() == other.read_bytes(), f"{mine.relative_to(repo)} differs"

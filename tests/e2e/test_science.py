@@ -39,7 +39,7 @@ def heldout(repo: Path, model_id: str, domain: str = "all") -> float:
 
 
 def same_except_mixture(a: Decay, b: Decay) -> bool:
-    keep = {"from_step", "steps", "fraction", "shape", "final_lr", "final_lr_ratio", "rewarm"}
+    keep = {"parent", "steps", "fraction", "shape", "final_lr", "final_lr_ratio", "rewarm"}
     return a.model_dump(include=keep) == b.model_dump(include=keep)
 
 
@@ -62,21 +62,22 @@ def upsampled_twins(params: Params, repo: Path) -> list[tuple[str, str, str]]:
 
 def test_default_study_has_the_experiments():
     params = load_params(Path(__file__).resolve().parents[2] / "params.yaml")
-    assert len({d.from_step for d in params.decays.values()}) >= 2, "decays from two trunk checkpoints"
+    assert len({d.parent for d in params.decays.values()}) >= 2, "decays from two trunk checkpoints"
+    assert len(params.trunks) >= 3 and any(t.schedule != "wsd" for t in params.trunks.values()), "trunks and a baseline"
     assert any(m.trunk_last_k for m in params.merges.values()), "a trunk_last_k merge"
     assert any(all(i.startswith("decay-") for i in params.merge_inputs(m)) for m in params.merges), "a merge of decays"
 
 
 def test_every_decay_beats_its_parent(default_study):
     params, repo = default_study
-    rows = {b: (heldout(repo, f"decay-{b}"), heldout(repo, f"trunk-{d.from_step}")) for b, d in params.decays.items()}
+    rows = {b: (heldout(repo, f"decay-{b}"), heldout(repo, d.parent)) for b, d in params.decays.items()}
     print("decay vs parent:", {b: f"{a:.4f} < {p:.4f}" for b, (a, p) in rows.items()})
     assert all(a < p for a, p in rows.values()), rows
 
 
 def test_last_k_average_beats_the_last_checkpoint(default_study):
     params, repo = default_study
-    last = heldout(repo, f"trunk-{params.trunk.checkpoints[-1]}")
+    last = heldout(repo, f"main@{params.trunk.checkpoints[-1]}")
     rows = {m: heldout(repo, f"merge-{m}") for m, merge in params.merges.items() if merge.trunk_last_k}
     print(f"last-k averages vs trunk-{params.trunk.checkpoints[-1]} ({last:.4f}):", rows)
     assert rows and all(loss < last for loss in rows.values()), (rows, last)

@@ -65,7 +65,7 @@ PLAN = {
         ("merge", "merge --name lw", ("merge.input:1", "merge.input:2", "checkpoint.shard:1")),
         # the third kill hits the final save: the second attempt resumed after the intermediate one
         ("decay", "decay --branch short", ("checkpoint.shard:1", "train.saved:1", "checkpoint.shard:1")),
-        ("trunk", "trunk --step 24", ("checkpoint.shard:1", "train.saved:1", "checkpoint.shard:1")),
+        ("trunk", "trunk --trunk main --step 24", ("checkpoint.shard:1", "train.saved:1", "checkpoint.shard:1")),
         ("eval_tasks", "eval_tasks", ("eval_tasks.write:1", "io.replace:1", "io.replace:2")),
         ("quality", "classifier --scorer prose_like", ("io.replace:1", "io.replaced:1", "io.replace:1")),
         ("tokenize", "tokenize --domain code", ("io.replace:1", "tokenize.publish:1", "tokenize.publish:2")),
@@ -73,10 +73,10 @@ PLAN = {
     ],
     "dvc": [
         ("report", "report", ("report.plot:2", "io.replace:1", "report.plot:1")),
-        ("evaluate", "evaluate --model trunk-12", ("evaluate.heldout:1", "io.replace:1", "evaluate.model:1")),
+        ("evaluate", "evaluate --model main@12", ("evaluate.heldout:1", "io.replace:1", "evaluate.model:1")),
         ("merge", "merge --name both", ("merge.input:2", "checkpoint.shard:1", "io.replace:2")),
         ("decay", "decay --branch rewarm", ("checkpoint.shard:1", "train.saved:1", "checkpoint.shard:1")),
-        ("trunk", "trunk --step 24", ("checkpoint.shard:1", "train.saved:1", "dvc.commit")),  # DVC: `trunk` runs the chain
+        ("trunk", "trunk --trunk main --step 24", ("checkpoint.shard:1", "train.saved:1", "dvc.commit")),  # DVC: `trunk` runs the chain
         ("eval_tasks", "eval_tasks", ("io.replace:2", "eval_tasks.write:1", "io.replace:1")),
         ("quality", "score --scorer prose_like --source prose", ("io.replaced:1", "io.replace:1", "io.replace:1")),
         ("tokenize", "tokenize --domain prose", ("tokenize.publish:2", "io.replace:1", "tokenize.publish:1")),
@@ -104,14 +104,14 @@ class Job:
 
 def study_jobs() -> dict[str, Job]:
     """Every job of the study by its arguments, from the stage table (cwd: the study, for the curate_shard globs)."""
-    jobs = {}
-    for job in stages.jobs(load_params("params.yaml")):
+    jobs, params = {}, load_params("params.yaml")
+    for job in stages.jobs(params):
         argv = tuple(job.command.split()[3:])  # after `python -m workflow`
-        scratch = {"trunk": lambda k: paths.scratch_dir("trunk", f"step-{k['step']}"),
+        scratch = {"trunk": lambda k: paths.scratch_dir("trunk", f"{k['trunk']}/step-{k['step']}"),
                    "decay": lambda k: paths.scratch_dir("decay", k["branch"])}.get(job.stage.name)
         jobs[" ".join(argv)] = Job(KIND_OF[job.stage.name], argv, tuple(job.outputs),
-                                   dvc_engine.stage_name(job.stage, job.key),
-                                   dvc_argv=(job.stage.name,) if job.stage.run_all else None,
+                                   dvc_engine.stage_name(job.stage, job.key, params),
+                                   dvc_argv=(job.stage.name, "--trunk", job.key["trunk"]) if job.stage.run_all else None,
                                    scratch=scratch(job.key) if scratch else None)
     return jobs
 

@@ -24,7 +24,7 @@ from workflow import paths
 
 pytestmark = pytest.mark.slow
 
-DECAY = {"from_step": 4, "steps": 2, "shape": "linear", "final_lr": 0.0}
+DECAY = {"from": f"main@{4}", "steps": 2, "shape": "linear", "final_lr": 0.0}
 
 
 def dvc(repo: Path, *args: str) -> str:
@@ -81,19 +81,19 @@ def test_fresh_clone_pulls_everything_and_reproduces_nothing(origin, clone):
     assert json.loads(dvc(clone, "status", "--json") or "{}") == {}
     out = dvc(clone, "repro")
     assert ran_stages(out) == set(), out
-    for model in ("trunk-4", "decay-a", "decay-b"):
+    for model in ("main@4", "decay-a", "decay-b"):
         assert filecmp.cmp(origin / paths.eval_file(model), clone / paths.eval_file(model), shallow=False)
     assert (clone / paths.report_file()).read_bytes() == (origin / paths.report_file()).read_bytes()
 
 
 def test_exp_run_reruns_only_the_edited_branch(clone):
     out = dvc(clone, "exp", "run", "-S", "decays.a.steps=3")
-    assert ran_stages(out) == {"resolve", "decay@a", "evaluate-decay@a", "report"}, out
+    assert ran_stages(out) == {"resolve", "decay-a", "evaluate-decay@a", "report"}, out
     assert json.loads(dvc(clone, "status", "--json") or "{}") == {}
     rows = json.loads(dvc(clone, "exp", "show", "--json"))
     exps = [e for row in rows for e in [row, *(x["revs"][0] for x in row.get("experiments") or [])]]
     data = [e["data"] for e in exps if e.get("data")]
-    steps = {d["params"][paths.stage_params("decay@a")]["data"]["decays.a"]["steps"] for d in data}
+    steps = {d["params"][paths.stage_params("decay-a")]["data"]["decays.a"]["steps"] for d in data}
     assert steps == {2, 3}
     metrics = [d["metrics"] for d in data]
     assert all(any(f.startswith("artifacts/eval/") for f in m) for m in metrics), metrics

@@ -2,9 +2,9 @@
 
 Both are rendered from the stage table (workflow/stages.py), so this proves the renderings, not the table:
 tests/integration/test_invalidation.py holds the engines against what the stages really read and do.
-Stated differences: the trunk's granularity (Snakemake runs one job per segment, `trunk --step N` ->
-artifacts/trunk/step-N from the previous checkpoint; DVC one resuming `trunk` stage that owns
-artifacts/trunk/ and also tracks its list of checkpoints), the report's dependencies (DVC: the
+Stated differences: the trunk's granularity (Snakemake runs one job per segment, `trunk --trunk T --step N` ->
+artifacts/trunk/T/step-N from the previous checkpoint; DVC one resuming `trunk-T` stage per trunk that owns
+artifacts/trunk/T/ and also tracks its list of checkpoints), the report's dependencies (DVC: the
 directories holding the evals and models), and DVC's `resolve` stage (writes the params its stages track).
 """
 
@@ -22,12 +22,12 @@ from workflow import paths, stages
 from workflow.engines import dvc as dvc_engine
 from workflow.params import load_params
 
-TRUNK_STEP = re.compile(rf"^{re.escape(paths.trunk_root())}/step-\d+$")
+TRUNK_STEP = re.compile(r"^artifacts/trunk/([a-z0-9][a-z0-9_-]*)/step-\d+$")
 
 
 def to_dvc_granularity(path: str) -> str:
-    """artifacts/trunk/step-N (a Snakemake trunk job's output) -> artifacts/trunk (DVC's trunk stage)."""
-    return paths.trunk_root() if TRUNK_STEP.match(path) else path
+    """artifacts/trunk/T/step-N (a Snakemake trunk job's output) -> artifacts/trunk/T (DVC's stage of trunk T)."""
+    return str(Path(path).parent) if TRUNK_STEP.match(path) else path
 
 
 def as_dvc_deps(inputs: frozenset[str], dvc_deps: frozenset[str]) -> set[str]:
@@ -47,7 +47,7 @@ def engines(request, tmp_path_factory):
 def test_same_outputs(engines):
     params, smk, dvc = engines
     assert {to_dvc_granularity(o) for o in smk} == set(dvc) - {paths.stage_params_dir()}
-    assert {o for o in smk if TRUNK_STEP.match(o)} == {paths.trunk_dir(s) for s in params.trunk.checkpoints}
+    assert {o for o in smk if TRUNK_STEP.match(o)} == {paths.trunk_dir(t, s) for t in params.trunks for s in params.trunks[t].checkpoints}
 
 
 def test_same_commands(engines):
@@ -55,17 +55,18 @@ def test_same_commands(engines):
     for out, job in smk.items():
         if TRUNK_STEP.match(out):
             step = int(out.rsplit("-", 1)[1])
-            assert job.cmd == f"{dvc[paths.trunk_root()].cmd} --step {step}"
+            assert job.cmd == f"{dvc[to_dvc_granularity(out)].cmd} --step {step}"
         else:
             assert job.cmd == dvc[out].cmd, out
 
 
 def test_same_tracked_params(engines):
     _, smk, dvc = engines
-    run_all_reads = set(stages.STAGES["trunk"].run_all_reads)
     for out, job in smk.items():
-        if TRUNK_STEP.match(out):  # DVC's one trunk stage also tracks its list of checkpoints
-            assert job.params == dvc[paths.trunk_root()].params - run_all_reads, out
+        if TRUNK_STEP.match(out):  # DVC's stage of the trunk also tracks its list of checkpoints
+            run_all_reads = {r.format(TRUNK_STEP.match(out)[1]) for r in stages.STAGES["trunk"].run_all_reads}
+            assert job.params - run_all_reads == dvc[to_dvc_granularity(out)].params - run_all_reads, out
+            assert run_all_reads <= dvc[to_dvc_granularity(out)].params, out
         else:
             assert job.params == dvc[out].params, out
 
@@ -75,10 +76,11 @@ def test_same_edges(engines):
     for out, job in smk.items():
         if TRUNK_STEP.match(out):  # a segment reads the previous checkpoint: an edge inside DVC's trunk stage
             prev = [i for i in job.inputs if TRUNK_STEP.match(i)]
-            steps = list(params.trunk.checkpoints)
+            trunk = TRUNK_STEP.match(out)[1]
+            steps = list(params.trunks[trunk].checkpoints)
             i = steps.index(int(out.rsplit("-", 1)[1]))
-            assert prev == ([paths.trunk_dir(steps[i - 1])] if i else [])
-            assert as_dvc_deps(job.inputs - set(prev), dvc[paths.trunk_root()].inputs) == dvc[paths.trunk_root()].inputs
+            assert prev == ([paths.trunk_dir(trunk, steps[i - 1])] if i else [])
+            assert as_dvc_deps(job.inputs - set(prev), dvc[paths.trunk_root(trunk)].inputs) == dvc[paths.trunk_root(trunk)].inputs
         else:
             assert as_dvc_deps(job.inputs, dvc[out].inputs) == dvc[out].inputs, out
 
@@ -90,7 +92,7 @@ def test_dvc_yaml_is_current():
 
 def test_stale_dvc_yaml_is_refused(repo):
     """`resolve`, DVC's first stage, refuses a dvc.yaml that lacks a new merge, saying what changed."""
-    text = (repo / "params.yaml").read_text().replace("merges:\n  both:", "merges:\n  other:\n    models: [trunk-12]\n  both:")
+    text = (repo / "params.yaml").read_text().replace("merges:\n  both:", "merges:\n  other:\n    models: [main@12]\n  both:")
     (repo / "params.yaml").write_text(text)
     proc = run([sys.executable, "-m", "workflow", "resolve"], repo, check=False)
     assert proc.returncode == 2

@@ -65,7 +65,7 @@ def tracked_by_engines(study: Study) -> dict[str, dict[str, frozenset[str]]]:
     smk, dvc = snakemake_jobs(study.repo), dvc_jobs(study.repo)
     out = {}
     for job in stages.jobs(study.params):
-        dvc_out = job.outputs[0] if job.stage.run_all is None else paths.trunk_root()
+        dvc_out = job.outputs[0] if job.stage.run_all is None else paths.trunk_root(job.key["trunk"])
         out[job.label] = {"snakemake": smk[job.outputs[0]].params, "dvc": dvc[dvc_out].params}
     return out
 
@@ -89,7 +89,8 @@ def test_engines_track_nothing_no_job_reads(study):
     for stage in stages.STAGES.values():
         labels = [j.label for j in jobs if j.stage is stage]
         read = {normalized(k) for label in labels for k in expand(study.reads[label], study.resolved)}
-        read |= {normalized(k) for k in expand(set(stage.run_all_reads), study.resolved)}  # DVC's one trunk stage
+        read |= {normalized(k) for t in study.params.trunks for k in expand({r.format(t) for r in stage.run_all_reads},
+                                                                               study.resolved)}  # DVC's stage per trunk
         for engine in ("snakemake", "dvc"):
             keys = {normalized(k) for label in labels for k in expand(tracked[label][engine], study.resolved)}
             assert keys - read == set(), f"{engine} tracks keys no {stage.name} job reads: {sorted(keys - read)}"
@@ -109,9 +110,12 @@ def canonical_edits(raw: dict) -> list[Edit]:
     return [
         edit("extend the trunk by one checkpoint", lambda r: r["trunk"].update(checkpoints=[*trunk, trunk[-1] + 12]),
              "trunk.checkpoints"),
-        edit("add a decay branch", lambda r: r["decays"].update(extra={"from_step": trunk[0], "steps": 4, "shape": "cosine"})),
+        edit("add a decay branch", lambda r: r["decays"].update(extra={"from": f"main@{trunk[0]}", "steps": 4, "shape": "cosine"})),
+        edit("branch from a decay", lambda r: r["decays"].update(extra={"from": "decay-short", "steps": 2})),
+        edit("add a trunk", lambda r: r["trunks"].update(extra={"lr": 0.002, "checkpoints": [8]})),
+        edit("change a setting every trunk shares", lambda r: r["trunk"].update(warmup_steps=3), "trunk.warmup_steps"),
         edit("change one decay's final LR", lambda r: r["decays"]["short"].update(final_lr=0.0005), "decays.short.final_lr"),
-        edit("add a merge", lambda r: r["merges"].update(extra={"models": ["trunk-12", "decay-short"]})),
+        edit("add a merge", lambda r: r["merges"].update(extra={"models": ["main@12", "decay-short"]})),
         edit("change one source's filter", lambda r: r["sources"][first_source]["steps"]["language"].update(
             language_threshold=0.5), f"sources.{first_source}.steps.language.language_threshold"),
         edit("add a source", lambda r: r["sources"].update(
@@ -121,6 +125,8 @@ def canonical_edits(raw: dict) -> list[Edit]:
         edit("drop an input of a merge", lambda r: r["merges"]["lw"].update(models=["decay-rewarm"])),
         edit("change an eval setting", lambda r: r["eval"].update(max_sequences=12), "eval.max_sequences"),
         edit("change the model width", lambda r: r["model"].update(hidden_size=128), "model.hidden_size"),
+        edit("change one trunk's model width", lambda r: r["trunks"]["cos"].update(model={"hidden_size": 128}),
+             "trunks.cos.model.hidden_size"),
         edit("a decay's length as a fraction instead of steps", lambda r: r["decays"]["short"].update(steps=None, fraction=0.5),
              "decays.short"),
         edit("a decay's final LR as a ratio", lambda r: r["decays"]["late"].update(final_lr=None, final_lr_ratio=0.1),
@@ -136,6 +142,7 @@ def canonical_edits(raw: dict) -> list[Edit]:
         edit("a ready classifier file instead of training", lambda r: r["quality"]["scorers"][scorer].update(
             model=USER_CLASSIFIER, positives=[], negatives=[]), f"quality.scorers.{scorer}"),
         edit("train on a data variant", lambda r: r["trunk"].update(data=selection), "trunk.data"),
+        edit("train one trunk on a data variant", lambda r: r["trunks"]["cos"].update(data=selection), "trunks.cos.data"),
         edit("a merge weighted instead of uniform", lambda r: r["merges"]["both"].update(method="weighted", weights=[1, 3]),
              "merges.both"),
     ]
@@ -205,7 +212,7 @@ def test_manifest_mode_flags_what_the_cache_mode_flags(study, tmp_path):
     lock = yaml.safe_load((repo / "dvc.lock").read_text())["stages"]
     outs = {o["path"] for stage in lock.values() for o in stage.get("outs", [])}
     models = [paths.model_dir(m) for m in study.params.model_ids()]
-    assert {paths.model_meta(m) for m in models} <= outs and not outs & {*models, paths.trunk_root()}
+    assert {paths.model_meta(m) for m in models} <= outs and not outs & {*models, *map(paths.trunk_root, study.params.trunks)}
     assert plans(repo)[1] == set()
     mismatches = []
     for edit in canonical_edits(study.raw):
@@ -225,27 +232,27 @@ def snakemake_plan(repo: Path) -> set[str]:
 
 def test_extending_the_trunk_trains_only_the_new_segment(study, tmp_path):
     repo = shutil.copytree(study.repo, tmp_path / "repo", symlinks=True)
-    before = {s: (repo / paths.trunk_dir(s) / "meta.json").read_bytes() for s in study.params.trunk.checkpoints}
+    before = {s: (repo / paths.trunk_dir("main", s) / "meta.json").read_bytes() for s in study.params.trunks["main"].checkpoints}
     raw = set_key(study.raw, "trunk.checkpoints", [12, 24, 36])
     write_study(repo, raw)
-    assert snakemake_plan(repo) == {paths.trunk_dir(36), paths.eval_file("trunk-36"), paths.merge_dir("lawa"),
+    assert snakemake_plan(repo) == {paths.trunk_dir("main", 36), paths.eval_file("main@36"), paths.merge_dir("lawa"),
                                     paths.eval_file("merge-lawa"), paths.report_dir()}
     # no regeneration of dvc.yaml: DVC's templates follow the new checkpoint (its last-k merge too)
     assert (repo / "dvc.yaml").read_text() == dvc_engine.render(load_params(repo / "params.yaml"))
     ran = run([sys.executable, "-m", "dvc", "repro"], repo).stdout
     assert set(re.findall(r"Running stage '([^']+)'", ran)) == {
-        "resolve", "trunk", "evaluate-trunk@36", "merge-lawa", "evaluate-merge@lawa", "report"}
+        "resolve", "trunk-main", "evaluate-trunk-main@36", "merge-lawa", "evaluate-merge@lawa", "report"}
     log = (repo / "dvc.lock").read_text()
     assert "step-36" in log
     for step, meta in before.items():  # the old segments were not retrained
-        assert (repo / paths.trunk_dir(step) / "meta.json").read_bytes() == meta
-    trunk_out = re.search(r"trunk-12: up to date.*\n.*trunk-24: up to date", ran)
+        assert (repo / paths.trunk_dir("main", step) / "meta.json").read_bytes() == meta
+    trunk_out = re.search(r"main@12: up to date.*\n.*main@24: up to date", ran)
     assert trunk_out, ran
 
 
 def test_dvc_stops_before_any_stage_when_it_cannot_follow_an_edit(study, tmp_path):
     repo = shutil.copytree(study.repo, tmp_path / "repo", symlinks=True)
-    write_study(repo, set_key(study.raw, "merges.extra", {"models": ["trunk-12", "decay-short"]}))
+    write_study(repo, set_key(study.raw, "merges.extra", {"models": ["main@12", "decay-short"]}))
     proc = run([sys.executable, "-m", "dvc", "repro"], repo, check=False)
     assert proc.returncode != 0
     assert set(re.findall(r"Running stage '([^']+)'", proc.stdout)) == {"resolve"}
@@ -267,6 +274,6 @@ def test_why_explains_two_edits(study, tmp_path):
     assert "trunk@" not in out
     write_study(repo, set_key(study.raw, "trunk.checkpoints", [12, 24, 36]))
     out = run(why, repo, env={"SLURM_CONF": "/dev/null"}).stdout
-    assert re.search(r"trunk@36\s+output missing: artifacts/trunk/step-36", out), out
+    assert re.search(r"trunk@main-36\s+output missing: artifacts/trunk/main/step-36", out), out
     assert re.search(r"merge@lawa\s+its list of inputs changed", out), out
-    assert not re.search(r"trunk@(12|24)\b", out) and not re.search(r"decay@", out), out
+    assert not re.search(r"trunk@main-(12|24)\b", out) and not re.search(r"decay@", out), out

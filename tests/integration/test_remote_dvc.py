@@ -74,7 +74,7 @@ def test_fresh_clone_pulls_from_s3_and_reproduces_nothing(origin, s3, capsys):
     out = dvc(clone, "repro")
     noop = time.perf_counter() - start
     assert ran_stages(out) == set(), out
-    assert (clone / paths.eval_file("trunk-4")).read_bytes() == (repo / paths.eval_file("trunk-4")).read_bytes()
+    assert (clone / paths.eval_file("main@4")).read_bytes() == (repo / paths.eval_file("main@4")).read_bytes()
     assert (clone / paths.report_file()).read_bytes() == (repo / paths.report_file()).read_bytes()
     lock = (clone / "dvc.lock").read_text()
     assert f"path: s3://corpus/{SOURCE_KEY}" in lock and "etag:" in lock, "DVC records the source object's ETag"

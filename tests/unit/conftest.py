@@ -37,14 +37,14 @@ def train_params_dict(**trunk) -> dict:
                   "num_query_groups": 2, "ffn_hidden_size": 64, "seq_length": 32},
         "trunk": {"checkpoints": [4, 8], "seed": 7, "lr": 3e-3, "warmup_steps": 2, "global_batch_size": 4,
                   "micro_batch_size": 2, "save_interval": 2, **trunk},
-        "decays": {"lin": {"from_step": 4, "steps": 4, "shape": "linear", "final_lr": 0.0},
-                   "cos": {"from_step": 8, "steps": 3, "shape": "cosine", "final_lr": 1e-4,
+        "decays": {"lin": {"from": f"main@{4}", "steps": 4, "shape": "linear", "final_lr": 0.0},
+                   "cos": {"from": f"main@{8}", "steps": 3, "shape": "cosine", "final_lr": 1e-4,
                            "mixture": {"prose": 1.0, "code": 3.0}}},
         "merges": {"both": {"models": ["decay-lin", "decay-cos"]}},
         "eval": {"batch_size": 3, "max_sequences": 5},
     }
     steps = raw["trunk"]["checkpoints"]
-    raw["decays"] = {b: d for b, d in raw["decays"].items() if d["from_step"] in steps}
+    raw["decays"] = {b: d for b, d in raw["decays"].items() if int(d["from"].split("@")[1]) in steps}
     if len(raw["decays"]) < 2:
         raw["merges"] = {}
     return raw

@@ -100,7 +100,7 @@ def test_dag_noop_study_has_the_branches_and_stays_valid():
     big = dag_noop.branched(raw, 50)
     params = parse_params(big)
     assert len(params.decays) == 50 and set(raw["decays"]) < set(params.decays)
-    assert {d.from_step for d in params.decays.values()} == set(params.trunk.checkpoints)
+    assert {params.start_step(b) for b in params.decays} == set(params.trunks["main"].checkpoints)
     dry = "rule trunk:\n    input: a\n    output: artifacts/trunk/step-200\n    log: x\nrule tokenize:\n" \
           "    output: artifacts/tokens/code.bin, artifacts/tokens/code.idx\n"
     assert dag_noop.dry_run_outputs(dry) == ["artifacts/trunk/step-200", "artifacts/tokens/code.bin", "artifacts/tokens/code.idx"]

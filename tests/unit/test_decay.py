@@ -46,12 +46,13 @@ def study(**decays) -> dict:
 
 
 def test_schema_exactly_one():
-    base = {"from_step": 8, "shape": "linear"}
+    base = {"from": f"main@{8}", "shape": "linear"}
     p = parse_params(study(a={**base, "fraction": 0.26}))
     d = p.decays["a"]
-    assert (d.decay_steps, d.total_steps, d.end_step, d.min_lr(p.trunk)) == (2, 2, 10, 0.0)  # round(2.08); ratio 0
-    d = parse_params(study(a={**base, "steps": 4, "final_lr_ratio": 0.1, "rewarm": {"steps": 2, "peak_lr": 6e-3}})).decays["a"]
-    assert (d.total_steps, d.peak_lr(p.trunk), d.min_lr(p.trunk)) == (6, 6e-3, pytest.approx(6e-4))
+    assert (p.decay_steps("a"), p.total_steps("a"), p.end_step("a"), d.min_lr(p.trunk)) == (2, 2, 10, 0.0)  # round(2.08); ratio 0
+    q = parse_params(study(a={**base, "steps": 4, "final_lr_ratio": 0.1, "rewarm": {"steps": 2, "peak_lr": 6e-3}}))
+    d = q.decays["a"]
+    assert (q.total_steps("a"), d.peak_lr(p.trunk), d.min_lr(p.trunk)) == (6, 6e-3, pytest.approx(6e-4))
     for bad, key in [({**base}, "decays.a"), ({**base, "steps": 4, "fraction": 0.5}, "decays.a"),
                      ({**base, "steps": 4, "final_lr": 0.0, "final_lr_ratio": 0.0}, "decays.a"),
                      ({**base, "steps": 4, "final_lr": 1.0}, "decays.a.final_lr"),
@@ -69,12 +70,12 @@ def test_schedule_follows_megatron(shape, rewarm):
 
     from workflow.train.loop import schedule, schedule_origin
 
-    params = parse_params(study(a={"from_step": 8, "steps": 10, "shape": shape, "final_lr": 3e-4, "rewarm": rewarm}))
+    params = parse_params(study(a={"from": f"main@{8}", "steps": 10, "shape": shape, "final_lr": 3e-4, "rewarm": rewarm}))
     opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=0.0)
     sched = OptimizerParamScheduler(opt, **schedule(params, "a"))
     assert schedule_origin(params, "a") == 8 and opt.param_groups[0]["lr"] == (0.0 if rewarm else 3e-3)
     lrs = []
-    for _ in range(params.decays["a"].total_steps + 3):
+    for _ in range(params.total_steps("a") + 3):
         sched.step(1)
         lrs.append(opt.param_groups[0]["lr"])
     peak, w = (4e-3, 2) if rewarm else (3e-3, 0)
@@ -101,21 +102,22 @@ def test_decay_lr_curve_and_data(train_study, monkeypatch):
     """Trained branches log megatron's scheduler values; they continue the trunk's stream or, with their
     own mixture, every domain where the trunk left it."""
     raw = train_params_dict()
-    raw["decays"] = {s: {"from_step": 4, "steps": 3, "shape": s, "final_lr_ratio": 0.1} for s in ("cosine", "minus_sqrt")}
-    raw["decays"]["up"] = {"from_step": 8, "fraction": 0.5, "shape": "linear", "final_lr": 0.0,
+    raw["decays"] = {s: {"from": f"main@{4}", "steps": 3, "shape": s, "final_lr_ratio": 0.1} for s in ("cosine", "minus_sqrt")}
+    raw["decays"]["up"] = {"from": f"main@{8}", "fraction": 0.5, "shape": "linear", "final_lr": 0.0,
                            "mixture": {"prose": 1.0, "code": 3.0}}
+    raw["decays"]["again"] = {"from": "decay-cosine", "steps": 2, "shape": "linear", "final_lr": 0.0}  # a branch of a decay
     raw["merges"] = {}
     params = parse_params(raw)
     stages.call(params, "trunk")
     for branch, d in params.decays.items():
         stages.call(params, "decay", branch=branch)
         log = ckpt.read_log(paths.decay_dir(branch))
-        assert [r["step"] for r in log] == list(range(d.from_step + 1, d.end_step + 1))
-        assert [r["lr"] for r in log] == megatron_lrs(3e-3, d.min_lr(params.trunk), d.shape, d.decay_steps)
+        assert [r["step"] for r in log] == list(range(params.start_step(branch) + 1, params.end_step(branch) + 1))
+        assert [r["lr"] for r in log] == megatron_lrs(3e-3, d.min_lr(params.trunk), d.shape, params.decay_steps(branch))
     assert ckpt.read_log(paths.decay_dir("up"))[-1]["lr"] == 0.0
     meta = ckpt.read_meta(paths.decay_dir("cosine"))
-    assert (meta["step"], meta["consumed_samples"], meta["lineage"]["from"]) == (7, 28, "trunk-4")
-    up, trunk_meta = ckpt.read_meta(paths.decay_dir("up")), ckpt.read_meta(paths.trunk_dir(8))
+    assert (meta["step"], meta["consumed_samples"], meta["lineage"]["from"]) == (7, 28, "main@4")
+    up, trunk_meta = ckpt.read_meta(paths.decay_dir("up")), ckpt.read_meta(paths.trunk_dir("main", 8))
     # same mixture: the trunk's own stream, read on from its position: exactly the samples of trunk steps 5..7
     assert {k: meta["data"][k] for k in ("weights", "offsets")} == {k: trunk_meta["data"][k] for k in ("weights", "offsets")}
     assert meta["data"]["position"] == 28
@@ -123,14 +125,29 @@ def test_decay_lr_curve_and_data(train_study, monkeypatch):
     assert up["data"]["offsets"] == trunk_meta["data"]["domain_positions"]
     assert up["data"]["weights"] == {"code": 0.75, "prose": 0.25}
     assert all(up["data"]["domain_positions"][d] >= trunk_meta["data"]["domain_positions"][d] for d in ("code", "prose"))
-    assert len({ckpt.read_meta(paths.decay_dir(b))["fingerprint"] for b in params.decays}) == 3
+    again = ckpt.read_meta(paths.decay_dir("again"))  # continues decay-cosine: its optimizer and stream position
+    assert (again["step"], again["consumed_samples"], again["lineage"]["from"]) == (9, 36, "decay-cosine")
+    assert again["data"]["position"] == 36 and again["data"]["weights"] == meta["data"]["weights"]
+    assert len({ckpt.read_meta(paths.decay_dir(b))["fingerprint"] for b in params.decays}) == 4
+
+
+def test_cosine_trunk_lr_curve(train_study):
+    """A cosine trunk: megatron's warmup then cosine to final_lr_ratio x lr at its last checkpoint; its
+    intermediate checkpoint lies on that curve (a fixed horizon)."""
+    params = parse_params({**train_params_dict(schedule="cosine", final_lr_ratio=0.1), "decays": {}, "merges": {}})
+    stages.call(params, "trunk", trunk="main", step=4)
+    stages.call(params, "trunk", trunk="main", step=8)
+    log = ckpt.read_log(paths.trunk_dir("main", 8))
+    want = [3e-3 * s / 2 for s in (1, 2)] + [3e-4 + 2.7e-3 * 0.5 * (1 + math.cos(math.pi * (s - 2) / 6)) for s in range(3, 9)]
+    assert [r["lr"] for r in log] == pytest.approx(want, rel=1e-9)
+    assert log[-1]["lr"] == pytest.approx(3e-4)
 
 
 def test_rewarm_and_optimizer_reset(train_study):
-    raw = study(keep={"from_step": 4, "steps": 2, "rewarm": {"steps": 2}},
-                reset={"from_step": 4, "steps": 2, "rewarm": {"steps": 2, "peak_lr": 6e-3, "reset_optimizer": True}})
+    raw = study(keep={"from": f"main@{4}", "steps": 2, "rewarm": {"steps": 2}},
+                reset={"from": f"main@{4}", "steps": 2, "rewarm": {"steps": 2, "peak_lr": 6e-3, "reset_optimizer": True}})
     params = parse_params(raw)
-    stages.call(params, "trunk", step=4)
+    stages.call(params, "trunk", trunk="main", step=4)
     steps = {}
     for branch in params.decays:
         stages.call(params, "decay", branch=branch)

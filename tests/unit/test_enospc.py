@@ -172,12 +172,12 @@ def test_checkpoint_save(disk, train_study):
     session = Session(train_study())
     session.train_step()
     path = disk.root / "trunk/step-1"
-    session.save(path, session.meta("trunk-1", "trunk", "fp", {}))
+    session.save(path, session.meta("main@1", "trunk", "fp", {}))
     before = snapshot(path)
     session.train_step()
     disk.fill()
     with pytest.raises(DiskFullError, match=rf"while writing {re.escape(str(path))}:"):
-        session.save(path, session.meta("trunk-2", "trunk", "fp", {}))
+        session.save(path, session.meta("main@2", "trunk", "fp", {}))
     assert snapshot(path) == before and not temporaries(disk.root)
 
 

@@ -28,12 +28,12 @@ from workflow.evaluate.heldout import heldout_windows
 from workflow.io import read_json, write_jsonl_zst
 from workflow.params import parse_params
 
-MODEL = "trunk-2"
+MODEL = "main@2"
 LOCAL_TASKS = {"examples": 12, "context_words": 8, "continuation_words": 3}
 
 
 def build_study(root: Path):
-    """In `root` (the cwd): tiny tokenizer/token files, the curated held-out split, trunk-2 trained, task data."""
+    """In `root` (the cwd): tiny tokenizer/token files, the curated held-out split, main@2 trained, task data."""
     from workflow.train import trunk
 
     write_train_inputs(root)
@@ -42,7 +42,7 @@ def build_study(root: Path):
                         [{"text": t, "domain": domain} for t in _train_docs(domain, 60, 0)[50:]])
     params = parse_params({**train_params_dict(checkpoints=[2]),
                            "eval": {"batch_size": 4, "max_sequences": 5, "local_tasks": LOCAL_TASKS}})
-    stages.call(params, "trunk", step=2)
+    stages.call(params, "trunk", trunk="main", step=2)
     stages.call(params, "eval_tasks")
     return params
 
@@ -112,9 +112,9 @@ def test_heldout_windows(train_study):
 
 
 def test_evaluate_missing_model(in_study):
-    declared = parse_params(train_params_dict(checkpoints=[2, 4]))  # trunk-4 is declared but was never trained
-    with pytest.raises(StageError, match="trunk-4.*build it first"):
-        stages.call(declared, "evaluate", model="trunk-4")
+    declared = parse_params(train_params_dict(checkpoints=[2, 4]))  # main@4 is declared but was never trained
+    with pytest.raises(StageError, match="main@4.*build it first"):
+        stages.call(declared, "evaluate", model="main@4")
 
 
 def test_missing_task_data_names_the_stage(in_study, monkeypatch, tmp_path):
@@ -235,7 +235,7 @@ def test_task_yamls_read_what_eval_tasks_writes(in_study):
     evaluate_inputs = stages.STAGES["evaluate"].inputs
     assert evaluate_inputs(in_study, model=MODEL)["tasks"] == [paths.tasks_dir()]
     dvc = dvc_engine.document(in_study)["stages"]
-    assert dvc["eval_tasks"]["outs"] == [paths.tasks_dir()] and paths.tasks_dir() in dvc["evaluate-trunk"]["do"]["deps"]
+    assert dvc["eval_tasks"]["outs"] == [paths.tasks_dir()] and paths.tasks_dir() in dvc["evaluate-trunk-main"]["do"]["deps"]
     no_local = parse_params({**train_params_dict(checkpoints=[2]), "eval": {"tasks": ["hellaswag"]}})
     assert evaluate_inputs(no_local, model=MODEL)["tasks"] == [] and "eval_tasks" not in dvc_engine.document(no_local)["stages"]
 

@@ -19,8 +19,8 @@ from workflow.train import trunk
 @pytest.fixture
 def loaded(train_study):
     params = train_study(checkpoints=[4])
-    stages.call(params, "trunk", step=4)
-    return params, load_model(params, "trunk-4")
+    stages.call(params, "trunk", trunk="main", step=4)
+    return params, load_model(params, "main@4")
 
 
 def test_every_eval_forward_is_a_multiple_of_16_tokens(loaded):

@@ -18,7 +18,7 @@ TOLERANCE = 1e-4  # max abs logit difference, fp32
 
 @pytest.fixture(scope="module")
 def exported(tmp_path_factory):
-    """The evaluation study (trunk-2 + local task data) and trunk-2 exported to `hf/`."""
+    """The evaluation study (main@2 + local task data) and main@2 exported to `hf/`."""
     root = tmp_path_factory.mktemp("export-study")
     with pytest.MonkeyPatch.context() as mp:
         mp.chdir(root)
@@ -127,6 +127,6 @@ def test_lm_eval_hf_model_agrees_with_arbor_lm(in_export):
 def test_export_of_a_missing_model_is_a_clear_error(in_export, tmp_path):
     from workflow.errors import StageError
 
-    with pytest.raises(StageError, match="trunk-9.*build it first"):
-        export.run(in_export, "trunk-9", str(tmp_path / "out"))
+    with pytest.raises(StageError, match="main@9.*build it first"):
+        export.run(in_export, "main@9", str(tmp_path / "out"))
     assert not (tmp_path / "out").exists()

@@ -42,7 +42,7 @@ STUDY = {
               "ffn_hidden_size": 64, "seq_length": 32},
     "trunk": {"checkpoints": [2, 3], "seed": 7, "warmup_steps": 1, "global_batch_size": 2, "micro_batch_size": 2,
               "save_interval": 10},
-    "merges": {"avg": {"models": ["trunk-2", "trunk-3"]}},
+    "merges": {"avg": {"models": ["main@2", "main@3"]}},
 }
 
 
@@ -187,8 +187,8 @@ def test_token_files(study, corrupt, ext):
     assert single_line(err).startswith(train) and "rerun `python -m workflow tokenize --domain web`" in str(err.value)
     with pytest.raises(integrity.IntegrityError, match=f"^{re.escape(train)}"):  # before the fingerprint: no retraining
         stages.call(study, "trunk")
-    assert ckpt.incomplete(paths.trunk_dir(3)) is None
-    loaded = load_model(study, "trunk-3")
+    assert ckpt.incomplete(paths.trunk_dir("main", 3)) is None
+    loaded = load_model(study, "main@3")
     with pytest.raises(integrity.IntegrityError, match=f"^{re.escape(heldout)}"):  # evaluate
         heldout_metrics(study, loaded)
 
@@ -196,14 +196,14 @@ def test_token_files(study, corrupt, ext):
 @pytest.mark.parametrize("corrupt", [truncate, flip])
 @pytest.mark.parametrize("name", ["checkpoint/__0_0.distcp", "checkpoint/common.pt", "checkpoint/.metadata"])
 def test_checkpoint_file(study, corrupt, name):
-    expected = corrupt(Path(paths.trunk_dir(2)) / name)
+    expected = corrupt(Path(paths.trunk_dir("main", 2)) / name)
     with pytest.raises(ckpt.CheckpointError) as err:  # trunk: continue from step-2
-        stages.call(study, "trunk", step=3)
-    assert expected in single_line(err) and "rerun `python -m workflow trunk --step 2`" in str(err.value)
+        stages.call(study, "trunk", trunk="main", step=3)
+    assert expected in single_line(err) and "rerun `python -m workflow trunk --trunk main --step 2`" in str(err.value)
     with pytest.raises(ckpt.CheckpointError, match=re.escape(expected)):  # merge, evaluate / export
         stages.call(study, "merge", name="avg")
     with pytest.raises(StageError, match=re.escape(expected)):
-        load_model(study, "trunk-2")
+        load_model(study, "main@2")
 
 
 @pytest.mark.parametrize("corrupt", [truncate, flip])
@@ -273,7 +273,7 @@ def malicious_object(checkpoint: Path, marker: Path) -> None:
 @pytest.mark.parametrize("plant", [malicious_metadata, malicious_common, malicious_object])
 def test_malicious_pickle_is_refused(study, tmp_path, plant):
     marker = tmp_path / "pwned"
-    directory = Path(paths.trunk_dir(2))
+    directory = Path(paths.trunk_dir("main", 2))
     plant(directory / ckpt.CKPT, marker)
     session = Session(study)
     with pytest.raises(ckpt.CheckpointError, match="checksum mismatch|missing|bytes"):  # 1: the manifest
@@ -285,7 +285,7 @@ def test_malicious_pickle_is_refused(study, tmp_path, plant):
     assert "\n" not in str(err.value)
     assert not marker.exists()
     with pytest.raises(StageError, match="refusing to unpickle"):
-        load_model(study, "trunk-2")
+        load_model(study, "main@2")
     assert not marker.exists()
 
 

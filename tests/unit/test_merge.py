@@ -19,9 +19,9 @@ from workflow.train import trunk
 @pytest.fixture
 def merge_params(train_study):
     raw = train_params_dict(checkpoints=[2, 4, 6])
-    raw["merges"] = {"avg": {"models": ["trunk-2", "trunk-4", "trunk-6"]},
-                     "nested": {"models": ["merge-avg", "trunk-6"]},
-                     "weighted": {"models": ["trunk-2", "trunk-4", "trunk-6"], "method": "weighted", "weights": [1, 2, 5]},
+    raw["merges"] = {"avg": {"models": ["main@2", "main@4", "main@6"]},
+                     "nested": {"models": ["merge-avg", "main@6"]},
+                     "weighted": {"models": ["main@2", "main@4", "main@6"], "method": "weighted", "weights": [1, 2, 5]},
                      "lawa": {"trunk_last_k": 2, "method": "loss_weighted", "temperature": 0.05}}
     params = parse_params(raw)
     stages.call(params, "trunk")
@@ -30,7 +30,7 @@ def merge_params(train_study):
 
 def test_merge_is_elementwise_mean(merge_params, train_weights):
     stages.call(merge_params, "merge", name="avg")
-    inputs = [train_weights(paths.trunk_dir(s), merge_params) for s in (2, 4, 6)]
+    inputs = [train_weights(paths.trunk_dir("main", s), merge_params) for s in (2, 4, 6)]
     merged = train_weights(paths.merge_dir("avg"), merge_params)
     assert merged.keys() == inputs[0].keys()
     for k, v in merged.items():
@@ -39,7 +39,7 @@ def test_merge_is_elementwise_mean(merge_params, train_weights):
         assert not torch.equal(v, inputs[0][k]) or k.endswith("layernorm.weight")
     meta = ckpt.read_meta(paths.merge_dir("avg"))
     assert meta["kind"] == "merge" and meta["has_optimizer"] is False and "omitted" in meta["optimizer"]
-    assert [i["model"] for i in meta["lineage"]["inputs"]] == ["trunk-2", "trunk-4", "trunk-6"]
+    assert [i["model"] for i in meta["lineage"]["inputs"]] == ["main@2", "main@4", "main@6"]
     assert ckpt.incomplete(paths.merge_dir("avg")) is None
 
 
@@ -47,7 +47,7 @@ def test_merge_of_a_merge_and_no_training_from_it(merge_params, train_weights):
     stages.call(merge_params, "merge", name="avg")
     stages.call(merge_params, "merge", name="nested")
     avg = train_weights(paths.merge_dir("avg"), merge_params)
-    last = train_weights(paths.trunk_dir(6), merge_params)
+    last = train_weights(paths.trunk_dir("main", 6), merge_params)
     nested = train_weights(paths.merge_dir("nested"), merge_params)
     for k in nested:
         assert torch.equal(nested[k], ((avg[k].double() + last[k].double()) / 2).to(nested[k].dtype))
@@ -60,8 +60,8 @@ def test_merge_of_a_merge_and_no_training_from_it(merge_params, train_weights):
 
 def test_merge_missing_input(train_study):
     raw = train_params_dict(checkpoints=[2, 4])
-    raw["merges"] = {"x": {"models": ["trunk-2", "trunk-4"]}}
-    with pytest.raises(ckpt.CheckpointError, match="trunk/step-2"):
+    raw["merges"] = {"x": {"models": ["main@2", "main@4"]}}
+    with pytest.raises(ckpt.CheckpointError, match="trunk/main/step-2"):
         stages.call(parse_params(raw), "merge", name="x")
 
 
@@ -78,7 +78,7 @@ def weighted_mean(inputs: list[dict], coeffs: list[float]) -> dict:
 
 def test_weighted_merge_is_exact(merge_params, train_weights):
     stages.call(merge_params, "merge", name="weighted")
-    inputs = [train_weights(paths.trunk_dir(s), merge_params) for s in (2, 4, 6)]
+    inputs = [train_weights(paths.trunk_dir("main", s), merge_params) for s in (2, 4, 6)]
     merged = train_weights(paths.merge_dir("weighted"), merge_params)
     expected = weighted_mean(inputs, [1.0, 2.0, 5.0])
     assert merged.keys() == expected.keys()
@@ -92,13 +92,13 @@ def test_loss_weighted_merge_of_last_k(merge_params, train_weights):
     from workflow.io import write_json
 
     merge_inputs = stages.STAGES["merge"].inputs
-    assert merge_params.merge_inputs("lawa") == ["trunk-4", "trunk-6"]
-    assert merge_inputs(merge_params, name="lawa") == {"models": [paths.trunk_dir(4), paths.trunk_dir(6)],
-                                                       "evals": [paths.eval_file("trunk-4"), paths.eval_file("trunk-6")]}
-    assert merge_inputs(merge_params, name="weighted") == {"models": [paths.trunk_dir(s) for s in (2, 4, 6)], "evals": []}
-    with pytest.raises(ckpt.CheckpointError, match="trunk-4.json: missing"):
+    assert merge_params.merge_inputs("lawa") == ["main@4", "main@6"]
+    assert merge_inputs(merge_params, name="lawa") == {"models": [paths.trunk_dir("main", 4), paths.trunk_dir("main", 6)],
+                                                       "evals": [paths.eval_file("main@4"), paths.eval_file("main@6")]}
+    assert merge_inputs(merge_params, name="weighted") == {"models": [paths.trunk_dir("main", s) for s in (2, 4, 6)], "evals": []}
+    with pytest.raises(ckpt.CheckpointError, match="main@4.json: missing"):
         stages.call(merge_params, "merge", name="lawa")
-    losses = {"trunk-4": 5.25, "trunk-6": 5.2}  # held-out losses as `evaluate` reports them
+    losses = {"main@4": 5.25, "main@6": 5.2}  # held-out losses as `evaluate` reports them
     for model, loss in losses.items():
         write_json(paths.eval_file(model), {"model": model, "heldout": {"all": {"loss": loss, "bpb": 1.0, "tokens": 10}}})
     softmax = torch.softmax(-torch.tensor(list(losses.values()), dtype=torch.float64) / 0.05, dim=0).tolist()
@@ -106,7 +106,7 @@ def test_loss_weighted_merge_of_last_k(merge_params, train_weights):
     stages.call(merge_params, "merge", name="lawa")
     meta = ckpt.read_meta(paths.merge_dir("lawa"))
     assert [i["weight"] for i in meta["lineage"]["inputs"]] == pytest.approx(softmax, rel=1e-12)
-    inputs = [train_weights(paths.trunk_dir(s), merge_params) for s in (4, 6)]
+    inputs = [train_weights(paths.trunk_dir("main", s), merge_params) for s in (4, 6)]
     expected = weighted_mean(inputs, merge.coefficients(merge_params, "lawa", [paths.eval_file(m) for m in losses], 2))
     merged = train_weights(paths.merge_dir("lawa"), merge_params)
     for k in merged:
@@ -114,7 +114,7 @@ def test_loss_weighted_merge_of_last_k(merge_params, train_weights):
 
 
 @pytest.mark.parametrize("merge_cfg, key", [
-    ({"models": ["trunk-4"], "trunk_last_k": 2}, "merges.m: give exactly one"),
+    ({"models": ["main@4"], "trunk_last_k": 2}, "merges.m: give exactly one"),
     ({}, "merges.m: give exactly one"),
     ({"trunk_last_k": 3}, "merges.m.trunk_last_k: 3 is more than the 2"),
     ({"trunk_last_k": 2, "weights": [1, 1]}, "merges.m.weights: required by method weighted"),

@@ -20,9 +20,9 @@ def study() -> dict:
 def test_default_and_tiny_studies_validate():
     for path in (ROOT / "params.yaml", TINY_PARAMS):
         p = load_params(path)
-        assert p.model_ids()[0].startswith("trunk-")
+        assert p.model_ids()[0].startswith("main@")
     p = load_params(ROOT / "params.yaml")
-    assert {"trunk-200", "decay-early", "merge-lawa", "merge-decays"} <= set(p.model_ids())
+    assert {"main@200", "decay-early", "merge-lawa", "merge-decays"} <= set(p.model_ids())
 
 
 def _broken(study: dict, edit) -> dict:
@@ -37,15 +37,21 @@ CASES = {
     "wrong type": (lambda s: s["model"].update(num_layers="two"), "model.num_layers"),
     "negative size": (lambda s: s["model"].update(hidden_size=-8), "model.hidden_size"),
     "missing trunk": (lambda s: s.pop("trunk"), "trunk"),
-    "decay from a step that is not a checkpoint": (lambda s: s["decays"]["short"].update(from_step=13), "decays.short.from_step"),
+    "decay from a step that is not a checkpoint": (lambda s: s["decays"]["short"].update({"from": "main@13"}), "decays.short.from"),
+    "decay from an unknown trunk": (lambda s: s["decays"]["short"].update({"from": "wide@12"}), "decays.short.from"),
+    "decay from a merge": (lambda s: s["decays"]["short"].update({"from": "merge-both"}), "decays.short.from"),
+    "decay from a cosine trunk": (lambda s: s["decays"]["short"].update({"from": "cos@24"}), "decays.short.from"),
+    "unknown key in a named trunk": (lambda s: s["trunks"]["cos"].update(lr_peak=1.0), "trunks.cos.lr_peak"),
+    "unknown model key in a named trunk": (lambda s: s["trunks"]["cos"].update(model={"width": 3}), "trunks.cos.model.width"),
+    "merge across trunks": (lambda s: s["merges"]["both"].update(models=["main@24", "cos@24"]), "merges.both.models"),
     "bad shape": (lambda s: s["decays"]["short"].update(shape="step"), "decays.short.shape"),
     "name with a slash": (lambda s: s["decays"].update({"a/b": s["decays"]["short"]}), "decays.a/b"),
-    "name with a shell character": (lambda s: s["merges"].update({"x;rm": {"models": ["trunk-12"]}}), "merges.x;rm"),
+    "name with a shell character": (lambda s: s["merges"].update({"x;rm": {"models": ["main@12"]}}), "merges.x;rm"),
     "merge of an unknown model": (lambda s: s["merges"]["both"].update(models=["decay-nope"]), "merges.both.models.0"),
     "merge cycle": (lambda s: s["merges"].update(a={"models": ["merge-b"]}, b={"models": ["merge-a"]}), "merges.a.models"),
     "unsorted checkpoints": (lambda s: s["trunk"].update(checkpoints=[24, 12]), "trunk"),
     "batch not a multiple": (lambda s: s["trunk"].update(global_batch_size=6), "trunk"),
-    "mixture of an unknown domain": (lambda s: s["trunk"].update(mixture={"poetry": 1.0}), "trunk.mixture.poetry"),
+    "mixture of an unknown domain": (lambda s: s["trunk"].update(mixture={"poetry": 1.0}), "trunks.main.mixture.poetry"),
     "two sources one domain": (lambda s: s["sources"]["code"].update(domain="prose"), "sources.code.domain"),
     "heads do not divide hidden": (lambda s: s["model"].update(num_attention_heads=3), "model"),
 }
@@ -88,7 +94,25 @@ def test_stage_arguments_must_be_declared(tmp_path):
 
 
 def test_model_ids():
-    assert parse_model_id("trunk-200") == ("trunk", "200")
+    assert parse_model_id("main@200") == ("main", "200")
     assert parse_model_id("merge-a_b") == ("merge", "a_b")
     with pytest.raises(ParamsError):
-        parse_model_id("trunk-x")
+        parse_model_id("trunk-12")
+
+
+def test_named_trunks_override_any_trunk_and_model_key(study):
+    """`trunks.<name>` overrides generically (any key of `trunk`, model keys under `model`); the rest is shared."""
+    study["trunks"]["wide"] = {"lr": 0.001, "seed": 9, "model": {"hidden_size": 128}}
+    p = parse_params(study)
+    wide, main = p.trunks["wide"], p.trunks["main"]
+    assert (wide.lr, wide.seed, wide.model.hidden_size) == (0.001, 9, 128)
+    assert (wide.warmup_steps, wide.model.num_layers, wide.checkpoints) == (main.warmup_steps, main.model.num_layers, main.checkpoints)
+    assert p.at("wide").model.hidden_size == 128 and p.at("main").trunk.lr == study["trunk"]["lr"]
+    assert "wide@24" in p.model_ids() and p.trunk_of("wide@24") == "wide"
+    without = {k: v for k, v in study.items() if k != "trunks"}
+    without["decays"] = {"d": {"from": "main@12", "steps": 2}, "dd": {"from": "decay-d", "fraction": 0.5}}
+    without["merges"] = {}
+    p = parse_params(without)
+    assert list(p.trunks) == ["main"]  # no `trunks`: one trunk, main
+    assert (p.start_step("dd"), p.decay_steps("dd"), p.end_step("dd")) == (14, 7, 21)  # a branch of a decay
+    assert p.trunk_of("decay-dd") == "main"

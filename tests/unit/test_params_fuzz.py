@@ -23,7 +23,7 @@ BAD_NAMES = ["a/b", "../up", "x;rm -rf", "$(id)", "sp ace", "Upper", "-lead", "b
 
 SIZES = [("model", "num_layers"), ("model", "hidden_size"), ("model", "num_attention_heads"), ("model", "seq_length"),
          ("trunk", "global_batch_size"), ("trunk", "micro_batch_size"), ("trunk", "save_interval"), ("trunk", "checkpoints"),
-         ("decays", "short", "steps"), ("decays", "late", "from_step"), ("tokenizer", "vocab_size"),
+         ("decays", "short", "steps"), ("tokenizer", "vocab_size"),
          ("tokenizer", "sample_bytes"), ("eval", "batch_size"), ("curation", "shard_docs")]
 
 
@@ -68,7 +68,7 @@ def mutations(draw) -> tuple[dict, str]:
         path, key = draw(st.sampled_from([
             (("trunk",), "trunk"), (("sources",), "sources"), (("trunk", "checkpoints"), "trunk.checkpoints"),
             (("sources", "prose", "paths"), "sources.prose.paths"), (("sources", "code", "domain"), "sources.code.domain"),
-            (("decays", "short", "from_step"), "decays.short.from_step"), (("decays", "late", "steps"), "decays.late"),
+            (("decays", "short", "from"), "decays.short.from"), (("decays", "late", "steps"), "decays.late"),
             (("merges", "both", "models"), "merges.both")]))
         del get(study, path[:-1])[path[-1]]
         return study, key
@@ -88,9 +88,9 @@ def mutations(draw) -> tuple[dict, str]:
         study["merges"]["b"] = {"models": ["merge-a"]}
         return study, "merges.a.models"
     if kind == "from_step":
-        study["decays"]["short"]["from_step"] = draw(st.sampled_from([1, 13, 999]))
-        return study, "decays.short.from_step"
-    study["merges"]["both"]["models"] = ["decay-short", draw(st.sampled_from(["decay-gone", "trunk-7", "merge-nope", "junk"]))]
+        study["decays"]["short"]["from"] = draw(st.sampled_from(["main@1", "main@13", "main@999", "nope@12", "decay-gone", "junk"]))
+        return study, "decays.short.from"
+    study["merges"]["both"]["models"] = ["decay-short", draw(st.sampled_from(["decay-gone", "main@7", "merge-nope", "junk"]))]
     return study, "merges.both.models.1"
 
 

@@ -110,6 +110,10 @@ def test_a_variant_tokenizes_only_the_documents_it_keeps(sources):
 def test_bad_quality_settings_are_named():
     with pytest.raises(ParamsError, match=r"trunk.data: 'nope' is not a key of quality.selections"):
         parse_params({**study(), "trunk": {"checkpoints": [2], "data": "nope"}})
+    with pytest.raises(ParamsError, match=r"trunks.b.data: 'nope' is not a key of quality.selections"):
+        parse_params({**study(), "trunks": {"a": {"data": "top"}, "b": {"data": "nope"}}})
+    assert {t: s.data for t, s in parse_params({**study(), "trunks": {"a": {}, "b": {"data": "top"}}}).trunks.items()} == \
+        {"a": None, "b": "top"}  # each trunk its own data variant
     with pytest.raises(ParamsError, match=r"quality.selections.top: .*exactly one of threshold and keep_fraction"):
         parse_params(study(scorers={"q": {"kind": "fasttext", "model": "m.bin"}},
                            selections={"top": {"scorer": "q", "threshold": 0.1, "keep_fraction": 0.5}}))

@@ -17,18 +17,25 @@ def seen():
 
 def test_values_and_properties(seen):
     params, reads = seen
-    assert params.decays["rewarm"].decay_steps == 6  # fraction 0.5 of step 12: a property reads through the view
-    assert params.decays["rewarm"].peak_lr(params.trunk) == 0.002
-    assert reads.keys == {"decays.rewarm.steps", "decays.rewarm.fraction", "decays.rewarm.from_step",
+    assert params.decay_steps("rewarm") == 6  # fraction 0.5 of step 12: a method reads through the view
+    assert params.decays["rewarm"].peak_lr(params.at("main").trunk) == 0.002
+    assert reads.keys == {"decays.rewarm.steps", "decays.rewarm.fraction", "decays.rewarm.parent",
                           "decays.rewarm.rewarm.peak_lr"}
     assert reads.present == {"decays.rewarm.rewarm"}  # `if self.rewarm`: whether the section is set
     assert reads.collections == set()
 
 
+def test_a_scoped_study_reads_under_its_trunk(seen):
+    params, reads = seen
+    cos = params.at("cos")
+    assert (cos.trunk.schedule, cos.model.hidden_size) == ("cosine", 64)
+    assert reads.keys == {"trunks.cos.schedule", "trunks.cos.model.hidden_size"}
+
+
 def test_methods_collections_and_leaves(seen):
     params, reads = seen
-    assert params.merge_inputs("lawa") == ["trunk-12", "trunk-24"]
-    assert reads.keys == {"merges.lawa.models", "merges.lawa.trunk_last_k", "trunk.checkpoints"}
+    assert params.merge_inputs("lawa") == ["main@12", "main@24"]
+    assert reads.keys == {"merges.lawa.models", "merges.lawa.trunk_last_k", "merges.lawa.trunk", "trunks.main.checkpoints"}
     assert params.domains() == ["prose", "code"]
     assert "sources" in reads.collections and {"sources.prose.domain", "sources.code.domain"} <= reads.keys
     assert params.decays["rewarm"].mixture == {"prose": 1.0, "code": 2.0}  # a mapping of values is one leaf

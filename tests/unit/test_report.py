@@ -16,7 +16,7 @@ from workflow.params import parse_params
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 TOKENS_PER_STEP = 4 * 8  # global_batch_size × seq_length
 # held-out overall loss of every model; per-domain numbers are derived from it
-LOSS = {"trunk-10": 4.0, "trunk-20": 3.5, "decay-a": 3.7, "decay-b": 3.2, "merge-m": 3.3, "merge-mm": 3.4}
+LOSS = {"main@10": 4.0, "main@20": 3.5, "decay-a": 3.7, "decay-b": 3.2, "merge-m": 3.3, "merge-mm": 3.4}
 
 
 def make_params():
@@ -24,9 +24,9 @@ def make_params():
         "sources": {"p": {"paths": ["raw/p.jsonl"], "domain": "prose"}, "c": {"paths": ["raw/c.jsonl"], "domain": "code"}},
         "model": {"seq_length": 8},
         "trunk": {"checkpoints": [10, 20], "global_batch_size": 4, "micro_batch_size": 2},
-        "decays": {"b": {"from_step": 20, "steps": 4, "shape": "linear", "final_lr": 1e-4},
-                   "a": {"from_step": 10, "steps": 5, "shape": "cosine"}},
-        "merges": {"mm": {"models": ["merge-m", "trunk-20"]}, "m": {"models": ["decay-a", "decay-b"]}},
+        "decays": {"b": {"from": f"main@{20}", "steps": 4, "shape": "linear", "final_lr": 1e-4},
+                   "a": {"from": f"main@{10}", "steps": 5, "shape": "cosine"}},
+        "merges": {"mm": {"models": ["merge-m", "main@20"]}, "m": {"models": ["decay-a", "decay-b"]}},
     })
 
 
@@ -56,12 +56,12 @@ def study(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     params = make_params()
     for model_id in params.model_ids():
-        write_eval(model_id, tasks=None if model_id == "trunk-10" else task_scores(LOSS[model_id]))
-    write_log("trunk-10", range(1, 11))
-    write_log("trunk-20", range(1, 21))  # cumulative
+        write_eval(model_id, tasks=None if model_id == "main@10" else task_scores(LOSS[model_id]))
+    write_log("main@10", range(1, 11))
+    write_log("main@20", range(1, 21))  # cumulative
     write_log("decay-a", range(11, 16))
     write_log("decay-b", range(21, 25))
-    write_json(Path(paths.trunk_dir(10)) / "meta.json", {"step": 10, "tokens_seen": 321})
+    write_json(Path(paths.trunk_dir("main", 10)) / "meta.json", {"step": 10, "tokens_seen": 321})
     return params
 
 
@@ -78,10 +78,10 @@ def test_table_cost_and_findings(study, capsys):
     stages.call(study, "report")
     md = Path(paths.report_file()).read_text()
     rows = table_rows(md)
-    assert list(rows) == ["trunk-10", "trunk-20", "decay-a", "decay-b", "merge-m", "merge-mm"]
+    assert list(rows) == ["main@10", "main@20", "decay-a", "decay-b", "merge-m", "merge-mm"]
     expected = {  # tokens seen, own steps
-        "trunk-10": (321, 10),  # meta.json's tokens_seen wins
-        "trunk-20": (20 * TOKENS_PER_STEP, 10),
+        "main@10": (321, 10),  # meta.json's tokens_seen wins
+        "main@20": (20 * TOKENS_PER_STEP, 10),
         "decay-a": (15 * TOKENS_PER_STEP, 5),
         "decay-b": (24 * TOKENS_PER_STEP, 4),
         "merge-m": ((20 + 5 + 4) * TOKENS_PER_STEP, 0),  # shared trunk counted once
@@ -93,17 +93,17 @@ def test_table_cost_and_findings(study, capsys):
         assert row["own tokens"] == f"{own * TOKENS_PER_STEP:,}"
         assert row["all loss"] == f"{loss:.4f}" and row["all bpb"] == f"{loss / 3.5:.4f}"
         assert row["prose loss"] == f"{loss - 0.1:.4f}" and row["code bpb"] == f"{loss / 4:.4f}"
-    assert rows["decay-a"]["lineage"] == "decay of trunk-10, 5 steps cosine → 0"
-    assert rows["decay-b"]["lineage"] == "decay of trunk-20, 4 steps linear → 0.0001"
+    assert rows["decay-a"]["lineage"] == "decay of main@10, 5 steps cosine → 0"
+    assert rows["decay-b"]["lineage"] == "decay of main@20, 4 steps linear → 0.0001"
     assert "decay-a, decay-b" in rows["merge-m"]["lineage"]
     # one column per task (its primary metric); a model evaluated without tasks shows dashes
     assert rows["decay-b"]["arbor_cloze acc_norm"] == f"{1 / 3.2:.4f}" and rows["decay-b"]["arbor_heldout bits_per_byte"] == "1.6000"
-    assert rows["trunk-10"]["arbor_cloze acc_norm"] == "—"
+    assert rows["main@10"]["arbor_cloze acc_norm"] == "—"
 
     assert report.study_cost(study) == (20 + 5 + 4, 10 + 20 + 15 + 24)
     assert "29 optimizer steps executed" in md and "vs 69 (2,208 tokens) to train" in md and "2.38× fewer (58% saved)" in md
-    assert "decay-a: held-out loss 3.7000 vs 4.0000 for its parent trunk-10 (Δ -0.3000" in md
-    assert "decay-b: held-out loss 3.2000 vs 3.5000 for its parent trunk-20 (Δ -0.3000" in md
+    assert "decay-a: held-out loss 3.7000 vs 4.0000 for its parent main@10 (Δ -0.3000" in md
+    assert "decay-b: held-out loss 3.2000 vs 3.5000 for its parent main@20 (Δ -0.3000" in md
     assert "merge-m: held-out loss 3.3000 vs inputs decay-a 3.7000, decay-b 3.2000 (Δ +0.1000 vs the best input decay-b" in md
     assert "Best held-out loss: decay-b" in md
     out = capsys.readouterr().out.strip()
@@ -117,8 +117,8 @@ def test_measured_cost_beside_the_estimate(study):
     from workflow.shapes import parameters
 
     stages.call(study, "report")
-    assert "Estimate vs measured" not in Path(paths.report_file()).read_text()  # trunk-20's meta.json is missing
-    steps = {"trunk-10": 10, "trunk-20": 20, "decay-a": 15, "decay-b": 24}
+    assert "Estimate vs measured" not in Path(paths.report_file()).read_text()  # main@20's meta.json is missing
+    steps = {"main@10": 10, "main@20": 20, "decay-a": 15, "decay-b": 24}
     for model_id, step in steps.items():
         write_json(Path(paths.model_dir(model_id)) / "meta.json",
                    {"step": step, "tokens_seen": step * TOKENS_PER_STEP, "trained_on": "cpu",
@@ -138,7 +138,7 @@ def test_plots_html_and_stable_bytes(study):
     stages.call(study, "report")
     root = Path(paths.report_dir())
     first = {p.relative_to(root): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
-    plots = ("plots/loss.png", "plots/bpb.png", "plots/merges.png")
+    plots = ("plots/loss.png", "plots/bpb.png", "plots/merges.png", "plots/compute.png")
     assert set(map(str, first)) == {"summary.md", "summary.html", *plots}
     html = first[Path("summary.html")].decode()
     md = first[Path("summary.md")].decode()
@@ -163,8 +163,8 @@ def test_missing_or_wrong_eval_names_file_and_command(study):
 
 
 def test_trunk_log_joins_segment_logs_and_missing_logs_only_warn(study, capsys):
-    write_log("trunk-20", range(11, 21))  # per-segment logs instead of a cumulative one
-    assert [s for s, _ in report.trunk_log(study)] == list(range(1, 21))
+    write_log("main@20", range(11, 21))  # per-segment logs instead of a cumulative one
+    assert [s for s, _ in report.trunk_log(study.at("main"))] == list(range(1, 21))
     Path(paths.train_log(paths.decay_dir("a"))).unlink()
     stages.call(study, "report")
     assert "decay/a/train_log.jsonl is missing" in capsys.readouterr().err
@@ -174,11 +174,11 @@ def test_trunk_log_joins_segment_logs_and_missing_logs_only_warn(study, capsys):
 def test_trunk_only_study(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     params = parse_params({"sources": {"p": {"paths": ["x"], "domain": "prose"}}, "trunk": {"checkpoints": [5]}})
-    write_log("trunk-5", range(1, 6))
-    write_eval("trunk-5", loss=5.0)
+    write_log("main@5", range(1, 6))
+    write_eval("main@5", loss=5.0)
     stages.call(params, "report")
     md = Path(paths.report_file()).read_text()
-    assert table_rows(md)["trunk-5"]["own steps"] == "5" and "1.00× fewer (0% saved)" in md
+    assert table_rows(md)["main@5"]["own steps"] == "5" and "1.00× fewer (0% saved)" in md
     assert "No decays or LAWA merges to check." in md and not Path("reports/plots/merges.png").exists()
 
 
@@ -189,20 +189,20 @@ def test_science_check(tmp_path, monkeypatch):
     params = parse_params({
         "sources": {"p": {"paths": ["x"], "domain": "prose"}, "c": {"paths": ["y"], "domain": "code"}},
         "trunk": {"checkpoints": [10, 20]},
-        "decays": {"plain": {"from_step": 20, "steps": 4, "final_lr": 1e-4},
-                   "mix": {"from_step": 20, "steps": 4, "final_lr": 1e-4, "mixture": {"prose": 1.0, "code": 3.0}},
-                   "lonely": {"from_step": 10, "steps": 2, "mixture": {"prose": 2.0, "code": 1.0}}},
+        "decays": {"plain": {"from": f"main@{20}", "steps": 4, "final_lr": 1e-4},
+                   "mix": {"from": f"main@{20}", "steps": 4, "final_lr": 1e-4, "mixture": {"prose": 1.0, "code": 3.0}},
+                   "lonely": {"from": f"main@{10}", "steps": 2, "mixture": {"prose": 2.0, "code": 1.0}}},
         "merges": {"lawa": {"trunk_last_k": 2}},
     })
-    evals = {"trunk-10": (4.0, None), "trunk-20": (3.5, None), "decay-plain": (3.2, 3.4), "decay-mix": (3.3, 3.1),
+    evals = {"main@10": (4.0, None), "main@20": (3.5, None), "decay-plain": (3.2, 3.4), "decay-mix": (3.3, 3.1),
              "decay-lonely": (4.1, None), "merge-lawa": (3.6, None)}
     for model_id, (loss, code) in evals.items():
         write_log(model_id, range(1, 3)) if not model_id.startswith("merge") else None
         write_eval(model_id, loss, code)
     checks = {(c.check.split()[0], c.model): c for c in report.science_checks(params, report.collect(params))}
     assert [(c.baseline, c.domain, c.result) for c in checks.values()] == [
-        ("trunk-20", "all", "PASS"), ("trunk-20", "all", "PASS"), ("trunk-10", "all", "FAIL"),  # decays vs branch point
-        ("trunk-20", "all", "FAIL"),                                                              # LAWA merge: 3.6 > 3.5
+        ("main@20", "all", "PASS"), ("main@20", "all", "PASS"), ("main@10", "all", "FAIL"),  # decays vs branch point
+        ("main@20", "all", "FAIL"),                                                              # LAWA merge: 3.6 > 3.5
         ("decay-plain", "code", "PASS"),                                                          # 3.1 < 3.4 on code
         (None, "prose", "SKIP")]                                                                  # no twin
     assert checks["mixture", "decay-lonely"].note.startswith("no twin")
@@ -210,10 +210,18 @@ def test_science_check(tmp_path, monkeypatch):
     md = Path(paths.report_file()).read_text()
     assert "| mixture decay beats its twin on its upweighted domain | decay-mix | decay-plain | held-out loss (code) | " \
            "3.1000 | 3.4000 | -0.3000 | PASS |" in md
-    assert "| LAWA merge beats the last checkpoint | merge-lawa | trunk-20 | held-out loss (all) | 3.6000 | 3.5000 | +0.1000 | FAIL |" in md
-    assert "the last 2 trunk checkpoints (trunk-10, trunk-20)" in table_rows(md)["merge-lawa"]["lineage"]
+    assert "| LAWA merge beats the last checkpoint | merge-lawa | main@20 | held-out loss (all) | 3.6000 | 3.5000 | +0.1000 | FAIL |" in md
+    assert "the last 2 trunk checkpoints (main@10, main@20)" in table_rows(md)["merge-lawa"]["lineage"]
 
 
 def test_ema_is_seeded_and_light():
     assert report.ema([1.0, 1.0]) == [1.0, 1.0]
     assert report.ema([0.0], start=1.0) == [pytest.approx(report.EMA_BETA)]
+
+
+def test_power_law_fit_recovers_known_parameters():
+    """L(C) = a·C^(−b) + c from exact synthetic points: the fit returns a, b and c."""
+    a, b, c = 40.0, 0.25, 2.0
+    compute = [1e9 * 2 ** i for i in range(8)]
+    fa, fb, fc = report.fit_power_law(compute, [a * x ** -b + c for x in compute])
+    assert fb == pytest.approx(b, rel=1e-3) and fc == pytest.approx(c, rel=1e-3) and fa == pytest.approx(a, rel=1e-2)

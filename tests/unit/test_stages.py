@@ -63,14 +63,14 @@ def test_instances_outputs_and_names_are_unique():
     assert len(labels) == len(set(labels)) and len(outputs) == len(set(outputs))
     dvc_stages = dvc_engine.document(params)["stages"]
     for job in jobs:  # every instance runs under a DVC stage of the document (a foreach item, or the trunk's one)
-        assert dvc_engine.stage_name(job.stage, job.key).split("@")[0] in dvc_stages, job.label
+        assert dvc_engine.stage_name(job.stage, job.key, params).split("@")[0] in dvc_stages, job.label
 
 
 def test_stage_arguments_are_checked_in_one_place():
     params = load_params(TINY_PARAMS)
     for stage, key, message in (("decay", {"branch": "nope"}, "decay --branch nope: not declared by the study"),
-                                ("trunk", {"step": "13"}, "trunk --step 13: not declared by the study (declared: 12, 24)"),
-                                ("evaluate", {"model": "trunk-13"}, "evaluate --model trunk-13: not declared")):
+                                ("trunk", {"trunk": "main", "step": "13"}, "trunk --trunk main --step 13: not declared by the study (declared: main-12, main-24, cos-24)"),
+                                ("evaluate", {"model": "main@13"}, "evaluate --model main@13: not declared")):
         with pytest.raises(ParamsError, match=re.escape(message)):
             stages.check_key(params, stages.STAGES[stage], key)
 

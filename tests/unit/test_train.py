@@ -60,7 +60,7 @@ def test_checkpoint_round_trip(train_study, tmp_path):
     a = Session(params)
     for _ in range(3):
         a.train_step()
-    a.save(tmp_path / "ck", a.meta("trunk-3", "trunk", "fp", {}))
+    a.save(tmp_path / "ck", a.meta("main@3", "trunk", "fp", {}))
     b = Session(params)
     b.restore(tmp_path / "ck")
     assert_same_weights(a.model.state_dict(), b.model.state_dict())
@@ -77,10 +77,10 @@ def test_checkpoint_round_trip(train_study, tmp_path):
 
 def test_resume_from_scratch_is_bit_identical(train_study, train_weights, monkeypatch, tmp_path):
     params = train_study(checkpoints=[6], save_interval=2)
-    stages.call(params, "trunk", step=6)
-    reference = train_weights(paths.trunk_dir(6), params)
-    reference_log = log_of(paths.trunk_dir(6))
-    shutil.rmtree(paths.trunk_dir(6))
+    stages.call(params, "trunk", trunk="main", step=6)
+    reference = train_weights(paths.trunk_dir("main", 6), params)
+    reference_log = log_of(paths.trunk_dir("main", 6))
+    shutil.rmtree(paths.trunk_dir("main", 6))
 
     original = Session.train_step
 
@@ -92,42 +92,42 @@ def test_resume_from_scratch_is_bit_identical(train_study, train_weights, monkey
 
     monkeypatch.setattr(Session, "train_step", crash_at_5)
     with pytest.raises(KeyboardInterrupt):
-        stages.call(params, "trunk", step=6)
-    assert not Path(paths.trunk_dir(6)).exists()
-    assert ckpt.read_meta(paths.scratch_dir("trunk", "step-6"))["step"] == 4
+        stages.call(params, "trunk", trunk="main", step=6)
+    assert not Path(paths.trunk_dir("main", 6)).exists()
+    assert ckpt.read_meta(paths.scratch_dir("trunk", "main/step-6"))["step"] == 4
     monkeypatch.setattr(Session, "train_step", original)
     seen = count_steps(monkeypatch)
-    stages.call(params, "trunk", step=6)
+    stages.call(params, "trunk", trunk="main", step=6)
     assert seen == [5, 6]  # lost at most save_interval steps
-    assert_same_weights(train_weights(paths.trunk_dir(6), params), reference)
-    assert log_of(paths.trunk_dir(6)) == reference_log
-    assert not Path(paths.scratch_dir("trunk", "step-6")).exists()
+    assert_same_weights(train_weights(paths.trunk_dir("main", 6), params), reference)
+    assert log_of(paths.trunk_dir("main", 6)) == reference_log
+    assert not Path(paths.scratch_dir("trunk", "main/step-6")).exists()
 
 
 def test_trunk_extension_matches_one_go(train_study, train_weights, monkeypatch, tmp_path):
     seen = count_steps(monkeypatch)
     short, extended = train_study(checkpoints=[4]), train_study(checkpoints=[4, 8])
-    stages.call(short, "trunk", step=4)
-    stages.call(extended, "trunk", step=8)
+    stages.call(short, "trunk", trunk="main", step=4)
+    stages.call(extended, "trunk", trunk="main", step=8)
     assert seen == list(range(1, 9))  # the extension trained only the new segment
-    shutil.copytree(paths.trunk_root(), tmp_path / "segments")
-    shutil.rmtree(paths.trunk_root())
+    shutil.copytree(paths.trunk_root("main"), tmp_path / "segments")
+    shutil.rmtree(paths.trunk_root("main"))
     stages.call(extended, "trunk")  # DVC mode, one go
     for step in (4, 8):
         assert_same_weights(train_weights(tmp_path / f"segments/step-{step}", extended),
-                            train_weights(paths.trunk_dir(step), extended))
-    assert log_of(paths.trunk_dir(8)) == log_of(tmp_path / "segments/step-8")
-    assert [r["step"] for r in ckpt.read_log(paths.trunk_dir(8))] == list(range(1, 9))  # cumulative
+                            train_weights(paths.trunk_dir("main", step), extended))
+    assert log_of(paths.trunk_dir("main", 8)) == log_of(tmp_path / "segments/step-8")
+    assert [r["step"] for r in ckpt.read_log(paths.trunk_dir("main", 8))] == list(range(1, 9))  # cumulative
     del seen[:]
     stages.call(extended, "trunk")  # everything up to date: nothing trained
     assert seen == []
-    meta = ckpt.read_meta(paths.trunk_dir(8))
+    meta = ckpt.read_meta(paths.trunk_dir("main", 8))
     assert (meta["step"], meta["consumed_samples"], meta["tokens_seen"], meta["lr"]) == (8, 32, 32 * 32, 3e-3)
-    assert meta["lineage"]["from"] == "trunk-4"
+    assert meta["lineage"]["from"] == "main@4"
     # the same per-step curves as dvclive plots (what `dvc plots` reads)
-    log = ckpt.read_log(paths.trunk_dir(8))
+    log = ckpt.read_log(paths.trunk_dir("main", 8))
     for name in ckpt.LIVE_METRICS:
-        tsv = (Path(paths.trunk_dir(8)) / ckpt.LIVE / "plots/metrics" / f"{name}.tsv").read_text().splitlines()
+        tsv = (Path(paths.trunk_dir("main", 8)) / ckpt.LIVE / "plots/metrics" / f"{name}.tsv").read_text().splitlines()
         assert tsv[0] == f"step\t{name}" and len(tsv) == 9
         assert [float(line.split("\t")[1]) for line in tsv[1:]] == pytest.approx([row[name] for row in log])
     assert {row["grad_norm"] > 0 for row in log} == {True}
@@ -139,35 +139,35 @@ def test_extension_trains_only_the_new_segment(train_study, monkeypatch):
     """trunk [2, 4] -> [2, 4, 6]: only steps 5..6 run (DVC's one stage and Snakemake's new job alike);
     the earlier checkpoints are not rewritten, so everything branched from them stays cached."""
     stages.call(train_study(checkpoints=[2, 4]), "trunk")
-    stamps = {s: (Path(paths.trunk_dir(s)) / ckpt.META).stat().st_mtime_ns for s in (2, 4)}
+    stamps = {s: (Path(paths.trunk_dir("main", s)) / ckpt.META).stat().st_mtime_ns for s in (2, 4)}
     seen = count_steps(monkeypatch)
     extended = train_study(checkpoints=[2, 4, 6])
     stages.call(extended, "trunk")
     assert seen == [5, 6]
-    assert stamps == {s: (Path(paths.trunk_dir(s)) / ckpt.META).stat().st_mtime_ns for s in (2, 4)}
-    shutil.rmtree(paths.trunk_dir(6))
+    assert stamps == {s: (Path(paths.trunk_dir("main", s)) / ckpt.META).stat().st_mtime_ns for s in (2, 4)}
+    shutil.rmtree(paths.trunk_dir("main", 6))
     del seen[:]
-    stages.call(extended, "trunk", step=6)
+    stages.call(extended, "trunk", trunk="main", step=6)
     assert seen == [5, 6]
 
 
 def test_fingerprint_mismatch(train_study, monkeypatch):
     params = train_study()
-    stages.call(params, "trunk", step=4)
+    stages.call(params, "trunk", trunk="main", step=4)
     changed = train_study(lr=1e-3)
     with pytest.raises(ckpt.CheckpointError, match="fingerprint"):
-        stages.call(changed, "trunk", step=8)
+        stages.call(changed, "trunk", trunk="main", step=8)
     # DVC mode: stale checkpoints are retrained, unlisted step dirs removed
-    Path(paths.trunk_dir(99)).mkdir()
+    Path(paths.trunk_dir("main", 99)).mkdir()
     seen = count_steps(monkeypatch)
     stages.call(changed, "trunk")
     assert seen == list(range(1, 9))
-    assert ckpt.read_meta(paths.trunk_dir(4))["fingerprint"] == ckpt.fingerprint(changed)
-    assert not Path(paths.trunk_dir(99)).exists()
+    assert ckpt.read_meta(paths.trunk_dir("main", 4))["fingerprint"] == ckpt.fingerprint(changed)
+    assert not Path(paths.trunk_dir("main", 99)).exists()
     # tokens changed -> fingerprint changes too
     with open(paths.tokens_prefix("prose") + ".bin", "ab") as f:
         f.write(b"\0\0")
-    assert ckpt.fingerprint(changed) != ckpt.read_meta(paths.trunk_dir(4))["fingerprint"]
+    assert ckpt.fingerprint(changed) != ckpt.read_meta(paths.trunk_dir("main", 4))["fingerprint"]
     # settings that do not change weights do not change the fingerprint
     assert ckpt.fingerprint(train_study(checkpoints=[4, 8, 12], save_interval=3)) == ckpt.fingerprint(changed.model_copy(
         update={"trunk": changed.trunk.model_copy(update={"lr": 3e-3})}))
@@ -195,9 +195,9 @@ def test_decay_branches(train_study, monkeypatch):
                                                     for k in range(1, 4)])
     assert cos[-1]["lr"] == pytest.approx(1e-4)
     meta = ckpt.read_meta(paths.decay_dir("lin"))
-    assert (meta["step"], meta["consumed_samples"], meta["lineage"]["from"]) == (8, 32, "trunk-4")
+    assert (meta["step"], meta["consumed_samples"], meta["lineage"]["from"]) == (8, 32, "main@4")
     # default mixture continues the trunk's stream: same data as trunk steps 5..8
-    trunk_meta = ckpt.read_meta(paths.trunk_dir(8))
+    trunk_meta = ckpt.read_meta(paths.trunk_dir("main", 8))
     assert meta["data"] == trunk_meta["data"]
     # own mixture: every domain continues from where the trunk stopped
     cos_meta = ckpt.read_meta(paths.decay_dir("cos"))
@@ -220,8 +220,8 @@ def test_data_stream_is_horizon_independent(train_study):
 
 
 def test_step_must_be_a_checkpoint(train_study):
-    with pytest.raises(ParamsError, match=r"trunk --step 5: not declared by the study \(declared: "):
-        stages.call(train_study(), "trunk", step=5)
+    with pytest.raises(ParamsError, match=r"trunk --trunk main --step 5: not declared by the study \(declared: "):
+        stages.call(train_study(), "trunk", trunk="main", step=5)
 
 
 def test_only_killed_writers_temporaries_are_removed(train_study):
@@ -234,13 +234,13 @@ def test_only_killed_writers_temporaries_are_removed(train_study):
     dead = subprocess.Popen(["true"])
     dead.wait()
     try:
-        temporaries = {name: Path(f"{base}.tmp-{proc.pid}") for base in (paths.trunk_dir(4), paths.trunk_dir(99),
-                       paths.scratch_dir("trunk", "step-4")) for name, proc in ((f"{base}:live", live), (f"{base}:dead", dead))}
+        temporaries = {name: Path(f"{base}.tmp-{proc.pid}") for base in (paths.trunk_dir("main", 4), paths.trunk_dir("main", 99),
+                       paths.scratch_dir("trunk", "main/step-4")) for name, proc in ((f"{base}:live", live), (f"{base}:dead", dead))}
         for path in temporaries.values():
             path.mkdir(parents=True)
         stages.call(params, "trunk")
         assert {name for name, path in temporaries.items() if path.exists()} == {n for n in temporaries if n.endswith(":live")}
-        assert Path(paths.trunk_dir(4)).is_dir() and not Path(paths.scratch_dir("trunk", "step-4")).exists()
+        assert Path(paths.trunk_dir("main", 4)).is_dir() and not Path(paths.scratch_dir("trunk", "main/step-4")).exists()
     finally:
         live.kill()
         live.wait()

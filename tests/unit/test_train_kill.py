@@ -27,7 +27,7 @@ LEFTOVER = re.compile(r"\.(tmp|old)-\d+$")  # what a killed `atomic_dir` leaves 
 
 
 def start_segment() -> subprocess.Popen:
-    """`python -m workflow trunk --step 12` in its own process group (killing it kills its helpers too)."""
+    """`python -m workflow trunk --trunk main --step 12` in its own process group (killing it kills its helpers too)."""
     return subprocess.Popen([sys.executable, "-m", "workflow", "trunk", "--step", str(STEPS)], stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True, start_new_session=True)
 
@@ -38,7 +38,7 @@ def kill_after_step(proc: subprocess.Popen, step: int, delay: float, sig: int = 
     out = []
     for line in proc.stdout:
         out.append(line)
-        if re.match(rf"trunk-{STEPS} step {step}/{STEPS} ", line):
+        if re.match(rf"main@{STEPS} step {step}/{STEPS} ", line):
             time.sleep(delay)
             if proc.poll() is not None:
                 pytest.fail(f"the segment finished before it could be killed after step {step}")
@@ -58,9 +58,9 @@ def weights_and_log(directory, params, train_weights):
 @pytest.mark.slow
 def test_sigkill_at_random_points_then_rerun_is_bit_identical(train_study, train_weights):
     params = train_study(checkpoints=[STEPS], save_interval=SAVE_INTERVAL)
-    stages.call(params, "trunk", step=STEPS)
-    reference, reference_log = weights_and_log(paths.trunk_dir(STEPS), params, train_weights)
-    Path(paths.trunk_dir(STEPS)).rename("uninterrupted")
+    stages.call(params, "trunk", trunk="main", step=STEPS)
+    reference, reference_log = weights_and_log(paths.trunk_dir("main", STEPS), params, train_weights)
+    Path(paths.trunk_dir("main", STEPS)).rename("uninterrupted")
 
     with open("params.yaml", "w") as f:
         yaml.safe_dump(train_params_dict(checkpoints=[STEPS], save_interval=SAVE_INTERVAL), f)
@@ -69,8 +69,8 @@ def test_sigkill_at_random_points_then_rerun_is_bit_identical(train_study, train
     points = sorted(rng.sample(range(SAVE_INTERVAL + 1, STEPS - 10), 3))  # after the first resume point
     for step in points:
         kill_after_step(start_segment(), step, rng.uniform(0.0, 0.05))  # mid-step, or mid-save
-        assert not Path(paths.trunk_dir(STEPS)).exists(), f"seed {seed}: a killed job left its output"
-    saved = ckpt.read_meta(paths.scratch_dir("trunk", f"step-{STEPS}"))["step"]
+        assert not Path(paths.trunk_dir("main", STEPS)).exists(), f"seed {seed}: a killed job left its output"
+    saved = ckpt.read_meta(paths.scratch_dir("trunk", f"main/step-{STEPS}"))["step"]
     assert points[-1] - SAVE_INTERVAL <= saved < STEPS, f"seed {seed}: resume point {saved}, kills {points}"
 
     term = points[-1] + 3  # SIGTERM: the step ends, a resume point is saved there, exit 143
@@ -80,17 +80,17 @@ def test_sigkill_at_random_points_then_rerun_is_bit_identical(train_study, train
     assert proc.returncode == 143 and stopped, f"rc {proc.returncode}:\n{out[-3000:]}"
     saved = int(stopped[1])
     assert stopped[1] == stopped[2] and term <= saved <= term + 1
-    assert ckpt.read_meta(paths.scratch_dir("trunk", f"step-{STEPS}"))["step"] == saved
-    assert not Path(paths.trunk_dir(STEPS)).exists()
+    assert ckpt.read_meta(paths.scratch_dir("trunk", f"main/step-{STEPS}"))["step"] == saved
+    assert not Path(paths.trunk_dir("main", STEPS)).exists()
 
     done = subprocess.run([sys.executable, "-m", "workflow", "trunk", "--step", str(STEPS)], capture_output=True,
                           text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
-    assert f"resuming from {paths.scratch_dir('trunk', f'step-{STEPS}')} (step {saved})" in done.stdout
-    weights, log = weights_and_log(paths.trunk_dir(STEPS), params, train_weights)
+    assert f"resuming from {paths.scratch_dir('trunk', f'main/step-{STEPS}')} (step {saved})" in done.stdout
+    weights, log = weights_and_log(paths.trunk_dir("main", STEPS), params, train_weights)
     assert weights.keys() == reference.keys()
     for name in weights:
         assert torch.equal(weights[name], reference[name]), f"seed {seed}, kills after steps {points}: {name} differs"
     assert log == reference_log
     leftovers = [p for p in Path(paths.ARTIFACTS).rglob("*") if LEFTOVER.search(p.name)]
-    assert not leftovers and not Path(paths.scratch_dir("trunk", f"step-{STEPS}")).exists()
+    assert not leftovers and not Path(paths.scratch_dir("trunk", f"main/step-{STEPS}")).exists()

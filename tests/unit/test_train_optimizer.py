@@ -26,8 +26,8 @@ PEAK, REWARM_PEAK = 3e-3, 6e-3
 def study() -> dict:
     raw = train_params_dict(checkpoints=[4])
     raw["decays"] = {
-        "ratio": {"from_step": 4, "steps": 4, "shape": "linear", "final_lr_ratio": 0.1},
-        "rewarm": {"from_step": 4, "steps": 4, "shape": "cosine", "final_lr_ratio": 0.1,
+        "ratio": {"from": f"main@{4}", "steps": 4, "shape": "linear", "final_lr_ratio": 0.1},
+        "rewarm": {"from": f"main@{4}", "steps": 4, "shape": "cosine", "final_lr_ratio": 0.1,
                    "rewarm": {"steps": 2, "peak_lr": REWARM_PEAK}},
     }
     raw["merges"] = {}
@@ -61,7 +61,7 @@ def test_gpu_config_carries_the_branch_lrs():
 
 def test_every_param_group_follows_the_branch_schedule(train_study, monkeypatch):
     params = parse_params(study())
-    stages.call(params, "trunk", step=4)
+    stages.call(params, "trunk", trunk="main", step=4)
     seen: dict[str, list[list[float]]] = {}
     original = Session.train_step
 
@@ -96,13 +96,13 @@ def test_every_param_group_follows_the_branch_schedule(train_study, monkeypatch)
 def test_loading_keeps_this_runs_group_settings(train_study):
     """The trunk checkpoint's groups carry the trunk's max_lr / min_lr; a decay loading it keeps its own."""
     params = parse_params(study())
-    stages.call(params, "trunk", step=4)
+    stages.call(params, "trunk", trunk="main", step=4)
     session = Session(params, "rewarm")
-    session.restore(paths.trunk_dir(4), keep_log=False)
+    session.restore(paths.trunk_dir("main", 4), keep_log=False)
     assert [(g["max_lr"], g["min_lr"]) for g in session.optimizer.param_groups] == \
         [(REWARM_PEAK, pytest.approx(0.1 * REWARM_PEAK))] * 2
     trunk_session = Session(params)
-    trunk_session.restore(paths.trunk_dir(4))  # what the checkpoint itself holds: the trunk's
+    trunk_session.restore(paths.trunk_dir("main", 4))  # what the checkpoint itself holds: the trunk's
     assert [(g["max_lr"], g["min_lr"]) for g in trunk_session.optimizer.param_groups] == [(PEAK, 0.0)] * 2
     for a, b in zip(session.model.parameters(), trunk_session.model.parameters()):  # same state otherwise
         assert torch.equal(session.optimizer.state[a]["exp_avg"], trunk_session.optimizer.state[b]["exp_avg"])

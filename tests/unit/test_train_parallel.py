@@ -56,22 +56,22 @@ def assert_same_run(directory, reference) -> None:
 def test_parallel_layout_matches_one_process(train_study, train_weights, layout):
     one = parse_params(study(checkpoints=[4, 8]))
     stages.call(one, "trunk")
-    reference = {s: (curves(paths.trunk_dir(s)), train_weights(paths.trunk_dir(s), one)) for s in (4, 8)}
-    shutil.rmtree(paths.trunk_root())
+    reference = {s: (curves(paths.trunk_dir("main", s)), train_weights(paths.trunk_dir("main", s), one)) for s in (4, 8)}
+    shutil.rmtree(paths.trunk_root("main"))
 
     raw = study(checkpoints=[4, 8])
     raw["model"]["parallel"] = layout
     run_stage(raw, "trunk", "--step", "4")
-    shards = list((Path(paths.trunk_dir(4)) / ckpt.CKPT).glob("__*.distcp"))
+    shards = list((Path(paths.trunk_dir("main", 4)) / ckpt.CKPT).glob("__*.distcp"))
     assert len(shards) == layout.get("tp", 1) * layout.get("pp", 1)  # data-parallel replicas are written once
-    assert_same_run(paths.trunk_dir(4), reference[4][0])
+    assert_same_run(paths.trunk_dir("main", 4), reference[4][0])
     # the 2-process checkpoint loads into a one-process model (resharded)...
-    for name, weight in train_weights(paths.trunk_dir(4), one).items():
+    for name, weight in train_weights(paths.trunk_dir("main", 4), one).items():
         assert weight.allclose(reference[4][1][name], atol=1e-5), name
     # ... and training continues from it in one process, optimizer state included
-    assert ckpt.read_meta(paths.trunk_dir(4))["fingerprint"] == ckpt.fingerprint(one)  # layout is not in it
-    stages.call(one, "trunk", step=8)
-    assert_same_run(paths.trunk_dir(8), reference[8][0])
+    assert ckpt.read_meta(paths.trunk_dir("main", 4))["fingerprint"] == ckpt.fingerprint(one)  # layout is not in it
+    stages.call(one, "trunk", trunk="main", step=8)
+    assert_same_run(paths.trunk_dir("main", 8), reference[8][0])
 
 
 @pytest.mark.slow
@@ -79,7 +79,7 @@ def test_pipeline_decay_continues_a_one_process_trunk(train_study, train_weights
     """A PP=1 trunk checkpoint (weights, AdamW moments, RNG, data position) continues at PP=2 in a decay branch."""
     raw = study(checkpoints=[4])
     one = parse_params(raw)
-    stages.call(one, "trunk", step=4)
+    stages.call(one, "trunk", trunk="main", step=4)
     stages.call(one, "decay", branch="lin")
     reference = curves(paths.decay_dir("lin")), train_weights(paths.decay_dir("lin"), one)
     meta = ckpt.read_meta(paths.decay_dir("lin"))

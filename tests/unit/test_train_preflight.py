@@ -21,17 +21,17 @@ from workflow.train.loop import Session
 
 def study() -> dict:
     raw = train_params_dict(checkpoints=[4, 8])
-    raw["decays"] = {"ratio": {"from_step": 4, "steps": 2, "final_lr_ratio": 0.1},
-                     "mixed": {"from_step": 4, "steps": 2, "mixture": {"prose": 1.0, "code": 3.0}}}
+    raw["decays"] = {"ratio": {"from": f"main@{4}", "steps": 2, "final_lr_ratio": 0.1},
+                     "mixed": {"from": f"main@{4}", "steps": 2, "mixture": {"prose": 1.0, "code": 3.0}}}
     raw["merges"] = {}
     return raw
 
 
 @pytest.fixture
 def trained(train_study):
-    """The study with trunk-4 trained; returns its params."""
+    """The study with main@4 trained; returns its params."""
     params = parse_params(study())
-    stages.call(params, "trunk", step=4)
+    stages.call(params, "trunk", trunk="main", step=4)
     return params
 
 
@@ -64,7 +64,7 @@ def edit_meta(directory: str, change) -> None:
 
 def test_a_consistent_start_passes(trained, steps):
     stages.call(trained, "decay", branch="mixed")
-    stages.call(trained, "trunk", step=8)
+    stages.call(trained, "trunk", trunk="main", step=8)
     assert steps == [5, 6, 5, 6, 7, 8]
 
 
@@ -95,16 +95,16 @@ def test_scheduler_counting_from_the_wrong_step(trained, steps, monkeypatch):
 
 
 def test_tokens_consumed_disagree_with_the_parent(trained, steps):
-    edit_meta(paths.trunk_dir(4), lambda m: m.update(consumed_samples=m["consumed_samples"] + 4))
-    refused(lambda: stages.call(trained, "trunk", step=8), r"trunk-8: stopped before step 5: consumed_samples: about to continue at 16 "
-                                           r"but the parent checkpoint \(trunk-4\) says 20", steps)
+    edit_meta(paths.trunk_dir("main", 4), lambda m: m.update(consumed_samples=m["consumed_samples"] + 4))
+    refused(lambda: stages.call(trained, "trunk", trunk="main", step=8), r"main@8: stopped before step 5: consumed_samples: about to continue at 16 "
+                                           r"but the parent checkpoint \(main@4\) says 20", steps)
 
 
 def test_a_domains_data_position_disagrees_with_the_parent(trained, steps):
-    edit_meta(paths.trunk_dir(4), lambda m: m["data"]["domain_positions"].update(code=0))
+    edit_meta(paths.trunk_dir("main", 4), lambda m: m["data"]["domain_positions"].update(code=0))
     refused(lambda: stages.call(trained, "decay", branch="mixed"), r"data position of domain 'code': about to read its sample \d+ but the "
-                                                 r"parent checkpoint \(trunk-4\) stopped at 0", steps)
-    refused(lambda: stages.call(trained, "trunk", step=8), "data position of domain 'code'", steps)
+                                                 r"parent checkpoint \(main@4\) stopped at 0", steps)
+    refused(lambda: stages.call(trained, "trunk", trunk="main", step=8), "data position of domain 'code'", steps)
 
 
 def test_process_layout_disagrees_with_params(trained):
@@ -112,5 +112,5 @@ def test_process_layout_disagrees_with_params(trained):
     raw = study()
     raw["model"]["parallel"] = {"tp": 2, "nproc_per_node": 2}
     with pytest.raises(preflight.PreflightError, match=r"process layout .*'tp': 1.* is not model\.parallel's .*'tp': 2"):
-        preflight.check(parse_params(raw), session, 4, "trunk-4", None)
-    preflight.check(trained, session, 4, "trunk-4", None)  # the layout it runs under passes
+        preflight.check(parse_params(raw), session, 4, "main@4", None)
+    preflight.check(trained, session, 4, "main@4", None)  # the layout it runs under passes

@@ -42,8 +42,9 @@ HEADER = """\
 
 
 def resolved(params: Params) -> dict[str, Any]:
-    """The study as the stages see it: params.yaml with every default filled in (runtime `resources` left out)."""
-    return params.model_dump(mode="json", exclude={"resources"})
+    """The study as the stages see it: params.yaml with every default filled in (runtime `resources` left out, and
+    the shared `model` and `trunk`, which stages see only as resolved into each of `trunks`)."""
+    return params.model_dump(mode="json", exclude={"resources", "model", "trunk"})
 
 
 class _Item:
@@ -54,21 +55,32 @@ class _Item:
 
 
 class _Tail(list):
-    """`trunk.checkpoints` whose last k items (`[-k:]`, `[-1]`) read as DVC's `${trunk.checkpoints[-i]}`."""
+    """A trunk's checkpoints whose last k items (`[-k:]`, `[-1]`) read as DVC's `${trunk.checkpoints[-i]}` (or
+    `${trunks.<name>.checkpoints[-i]}` where the trunk lists its own)."""
+
+    def __init__(self, value: list, key: str) -> None:
+        super().__init__(value)
+        self.key = key
 
     def __getitem__(self, index):
         if isinstance(index, slice) and index.stop is None and (index.start or 0) < 0:
-            return [f"${{trunk.checkpoints[{i}]}}" for i in range(index.start, 0)]
+            return [f"${{{self.key}[{i}]}}" for i in range(index.start, 0)]
         if isinstance(index, int) and index < 0:
-            return f"${{trunk.checkpoints[{index}]}}"
+            return f"${{{self.key}[{index}]}}"
         return super().__getitem__(index)
 
 
 class _Templates(Hook):
-    """Renders a stage's inputs as DVC templates: foreach items (`decays["${key}"]`) and the trunk's tail."""
+    """Renders a stage's inputs as DVC templates: foreach items (`decays["${key}"]`) and the trunks' tails."""
+
+    def __init__(self, params: Params) -> None:
+        self.params = params
 
     def value(self, key: str, value: Any) -> Any:
-        return _Tail(value) if key == "trunk.checkpoints" else value
+        parts = key.split(".")
+        if len(parts) == 3 and parts[0] == "trunks" and parts[2] == "checkpoints":
+            return _Tail(value, stages.checkpoints_key(self.params, parts[1]))
+        return value
 
     def missing(self, key: str, name: str) -> Any:
         if name.startswith("${"):
@@ -103,11 +115,11 @@ def _placeholder(block: stages.Foreach) -> str:
     return "${" + template.split("${", 1)[1].split("}", 1)[0] + "}"
 
 
-def stage_name(stage: stages.Stage, key: dict[str, Any]) -> str:
-    """The DVC stage that runs one instance: `trunk` (one for all), `decay@late` (a foreach item), `merge-lawa`."""
+def stage_name(stage: stages.Stage, key: dict[str, Any], params: Params) -> str:
+    """The DVC stage that runs one instance: `trunk-main` (one per trunk), `decay@late` (a foreach item), `merge-lawa`."""
     if stage.run_all is not None:
-        return stage.name
-    for block in stage.dvc:
+        return f"{stage.name}-{key[stage.key_names[0]]}"
+    for block in stage.dvc(params) if stage.dvc else ():
         item = None
         for name, template in block.keys.items():
             head, _, tail = template.partition("${")
@@ -152,7 +164,7 @@ def _tracked(params: Params, keys: list[str], inputs: list[str]) -> dict[str, An
 
 def _layout(params: Params) -> tuple[dict[str, Any], dict[str, dict[str, Any]]]:
     """(the `stages` of dvc.yaml, {params file: content} of every DVC stage instance)."""
-    tpl = view(params, _Templates())
+    tpl = view(params, _Templates(params))
     files: dict[str, dict[str, Any]] = {}
     st: dict[str, Any] = {RESOLVE: {"cmd": f"{CLI} {RESOLVE}", "deps": ["params.yaml", "workflow/params.py", *source_roots(params)],
                                     "outs": [paths.stage_params_dir()]}}
@@ -165,17 +177,21 @@ def _layout(params: Params) -> tuple[dict[str, Any], dict[str, dict[str, Any]]]:
         jobs = [stages.Job(stage, key) for key in stage.instances(params)]
         if not jobs:
             continue
-        if stage.run_all is not None:  # one stage for every instance: the trunk resumes from its last valid checkpoint
-            outs = [o for job in jobs for o in job.outputs]
-            # the folder holding every output (new ones need no new dvc.yaml), or each meta.json in manifest mode
-            tracked = [_tracked_path(params, o) for o in outs]
-            deps = list(dict.fromkeys(d for job in jobs for d in _deps(params, stage, job.inputs(params)) if d not in tracked))
-            persisted = [str(Path(outs[0]).parent)] if tracked == outs else tracked
-            add(stage.name, f"{CLI} {stage.name}", deps, [{o: {"persist": True}} for o in persisted], stage.name)
-            keys = [k for job in jobs for k in stage.reads(params, **job.key)] + list(stage.run_all_reads)
-            files[stage.name] = _tracked(params, keys, [i for job in jobs for i in stages.flat(job.inputs(params))])
+        if stage.run_all is not None:  # one stage per trunk: it resumes from its last valid checkpoint
+            for group, keys_ in stage.groups(params).items():
+                jobs = [stages.Job(stage, key) for key in keys_]
+                name = stage_name(stage, keys_[0], params)
+                outs = [o for job in jobs for o in job.outputs]
+                # the folder holding every output (new ones need no new dvc.yaml), or each meta.json in manifest mode
+                tracked = [_tracked_path(params, o) for o in outs]
+                deps = list(dict.fromkeys(d for job in jobs for d in _deps(params, stage, job.inputs(params)) if d not in tracked))
+                persisted = [str(Path(outs[0]).parent)] if tracked == outs else tracked
+                add(name, f"{CLI} {stage.name} --{stage.key_names[0]} {group}", deps,
+                    [{o: {"persist": True}} for o in persisted], name)
+                keys = [k for job in jobs for k in stage.reads(params, **job.key)] + [r.format(group) for r in stage.run_all_reads]
+                files[name] = _tracked(params, keys, [i for job in jobs for i in stages.flat(job.inputs(params))])
         elif stage.dvc:
-            for block in stage.dvc:
+            for block in stage.dvc(params):
                 if block.when and not getattr(params, block.when):
                     continue
                 name = _block_name(stage, block)
@@ -184,12 +200,12 @@ def _layout(params: Params) -> tuple[dict[str, Any], dict[str, dict[str, Any]]]:
                 body = add(name, stage.command(block.keys), deps, outs, f"{name}@{_placeholder(block)}")
                 st[name] = {"foreach": block.items, "do": body}
                 for job in jobs:
-                    if stage_name(stage, job.key).startswith(f"{name}@"):
-                        files[stage_name(stage, job.key)] = _tracked(params, stage.reads(params, **job.key),
+                    if stage_name(stage, job.key, params).startswith(f"{name}@"):
+                        files[stage_name(stage, job.key, params)] = _tracked(params, stage.reads(params, **job.key),
                                                                      stages.flat(job.inputs(params)))
         else:
             for job in jobs:
-                deps, name = _deps(params, stage, job.inputs(tpl)), stage_name(stage, job.key)
+                deps, name = _deps(params, stage, job.inputs(tpl)), stage_name(stage, job.key, params)
                 add(name, job.command, deps, [_tracked_path(params, o) for o in job.outputs], name)
                 files[name] = _tracked(params, stage.reads(params, **job.key), stages.flat(job.inputs(params)))
     return st, {paths.stage_params(name): content for name, content in files.items()}
@@ -197,7 +213,7 @@ def _layout(params: Params) -> tuple[dict[str, Any], dict[str, dict[str, Any]]]:
 
 def document(params: Params) -> dict[str, Any]:
     """`dvc.yaml` as a mapping."""
-    return {"metrics": [f"{paths.ARTIFACTS}/eval"], "plots": train_plots(), "stages": _layout(params)[0]}
+    return {"metrics": [f"{paths.ARTIFACTS}/eval"], "plots": train_plots(params), "stages": _layout(params)[0]}
 
 
 def stage_files(params: Params) -> dict[str, str]:
@@ -205,10 +221,11 @@ def stage_files(params: Params) -> dict[str, str]:
     return {path: json.dumps(content, indent=1, sort_keys=True) + "\n" for path, content in _layout(params)[1].items()}
 
 
-def train_plots() -> list[dict[str, Any]]:
-    """`dvc plots`: the trunk's per-step curves (loss, lr, grad_norm; dvclive tsv files) from its last checkpoint,
+def train_plots(params: Params) -> list[dict[str, Any]]:
+    """`dvc plots`: each trunk's per-step curves (loss, lr, grad_norm; dvclive tsv files) from its last checkpoint,
     whose log covers every step (templated, so new checkpoints need no regeneration)."""
-    return [{f"{paths.trunk_dir('${trunk.checkpoints[-1]}')}/dvclive/plots/metrics": {"x": "step"}}]
+    return [{f"{paths.trunk_dir(t, '${%s[-1]}' % stages.checkpoints_key(params, t))}/dvclive/plots/metrics": {"x": "step"}}
+            for t in params.trunks]
 
 
 def render(params: Params) -> str:

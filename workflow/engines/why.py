@@ -137,7 +137,9 @@ def select(jobs: list[Stale], target: str | None) -> list[Stale]:
     from workflow import paths, stages
 
     wanted = {target.rstrip("/")}
-    if target.split("-", 1)[0] in ("trunk", "decay", "merge"):
+    from workflow.params import MODEL_ID
+
+    if MODEL_ID.match(target):
         wanted |= {paths.model_dir(target), paths.eval_file(target)}
     chosen = [j for j in jobs if wanted & set(j.outputs) or j.label == target
               or (target in stages.STAGES and j.label.split("@")[0] == target)]

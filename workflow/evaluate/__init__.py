@@ -17,7 +17,7 @@ import subprocess
 from pathlib import Path
 
 from workflow import faults, paths
-from workflow.params import Params
+from workflow.params import Params, scoped
 
 META_KEYS = ("fingerprint", "step", "tokens_seen", "consumed_samples")
 
@@ -67,6 +67,7 @@ def run(params: Params, model: str, *, inputs: dict[str, list[str]]) -> None:
     from workflow.io import write_json
 
     model_id = model
+    params = scoped(params, model_id)
     loaded = load_model(params, model_id)
     faults.point("evaluate.model")
     heldout = heldout_metrics(params, loaded)

@@ -65,7 +65,9 @@ def fingerprint_inputs(params: Params, branch: str | None = None) -> dict:
     from workflow.train.backend import choose
     from workflow.train.data import verify_tokens
 
-    trunk = params.trunk.model_dump(mode="json", exclude=set(TRUNK_LAYOUT))
+    trunk = params.trunk.model_dump(mode="json", exclude=set(TRUNK_LAYOUT) | {"model"})
+    if params.trunk.schedule != "wsd":  # a fixed horizon: every checkpoint lies on a schedule ending at the last
+        trunk["horizon"] = params.trunk.checkpoints[-1]
     model = params.model.model_dump(mode="json", exclude={"parallel", "backend"}) | {"backend": choose(params.model)}
     data = {}
     for domain in params.domains():
@@ -77,6 +79,9 @@ def fingerprint_inputs(params: Params, branch: str | None = None) -> dict:
               "tokens": data}
     if branch is not None:
         inputs["decay"] = params.decays[branch].model_dump(mode="json")
+        parent = params.decays[branch].parent
+        if parent.startswith("decay-"):  # a branch of a decay: the parent's own settings, down to the trunk
+            inputs["parent"] = fingerprint_inputs(params, parent[6:])["decay"]
     return inputs
 
 
@@ -247,10 +252,15 @@ def incomplete(directory: str | Path) -> str | None:
 def _rerun(meta: dict) -> str:
     """The command that writes this model dir again."""
     try:
-        kind, key = parse_model_id(str(meta.get("model_id")))
+        return rerun_hint(str(meta.get("model_id")))
     except ParamsError:
         return "trunk/decay/merge (the stage that wrote it)"
-    return {"trunk": f"trunk --step {key}", "decay": f"decay --branch {key}", "merge": f"merge --name {key}"}[kind]
+
+
+def rerun_hint(model_id: str) -> str:
+    """`python -m workflow` arguments that write one model again."""
+    kind, key = parse_model_id(model_id)
+    return {"decay": f"decay --branch {key}", "merge": f"merge --name {key}"}.get(kind, f"trunk --trunk {kind} --step {key}")
 
 
 # --- pickles -----------------------------------------------------------------------------------

@@ -1,7 +1,7 @@
-"""Decay branches: from a trunk checkpoint, (optionally re-warm, then) anneal the LR to its final value.
+"""Decay branches: from a trunk checkpoint or a decayed one, (optionally re-warm, then) anneal the LR to its final value.
 
 The branch continues the trunk checkpoint's weights, AdamW state (unless `rewarm.reset_optimizer`),
-RNG and data stream. Steps keep the trunk's absolute numbering, `from_step + 1 .. end_step`; the LR
+RNG and data stream. Steps keep the trunk's absolute numbering, `start_step + 1 .. end_step`; the LR
 schedule counts from the branch point (`loop.schedule`), and every param group carries the branch's own
 peak and final LR (`optimizer.optimizer_config`), whatever the trunk checkpoint's groups said.
 
@@ -16,7 +16,9 @@ Why a branch cannot start from a merge: a merge is an average of weights only. I
 (a branch would restart them from zero, i.e. a warm restart that needs a re-warm) and no single data
 position (its inputs stopped at different points of possibly different streams). Both have reasonable
 answers (fresh optimizer; per-domain maximum of the inputs' positions) but change what a decay *is* (a
-continuation of one trunk run), so the schema only accepts `from_step`.
+continuation of one trunk run), so `from` names a trunk checkpoint or a decay. A decay has both (its
+optimizer state and data position are saved like a trunk's), so a branch from it continues it exactly (WSD-S);
+the branch trains with its trunk's model and settings (`Params.trunk_of`).
 
 Heavy imports (torch, megatron) happen inside `run`: the stage table imports this module.
 """
@@ -27,14 +29,14 @@ from collections.abc import Callable
 from typing import Any
 
 from workflow import paths
-from workflow.params import Params
+from workflow.params import Params, scoped
 
 
 def lineage(params: Params, branch: str) -> dict:
     d, t = params.decays[branch], params.trunk
-    return {"kind": "decay", "from": f"trunk-{d.from_step}", "branch": branch, "from_step": d.from_step,
-            "steps": d.decay_steps, "rewarm_steps": d.rewarm_steps, "shape": d.shape, "peak_lr": d.peak_lr(t),
-            "final_lr": d.min_lr(t), "mixture": d.mixture,
+    return {"kind": "decay", "trunk": params.trunk_name, "from": d.parent, "branch": branch,
+            "from_step": params.start_step(branch), "steps": params.decay_steps(branch), "rewarm_steps": d.rewarm_steps,
+            "shape": d.shape, "peak_lr": d.peak_lr(t), "final_lr": d.min_lr(t), "mixture": d.mixture,
             "reset_optimizer": bool(d.rewarm and d.rewarm.reset_optimizer)}
 
 
@@ -51,21 +53,28 @@ def branch_point(params: Params, branch: str) -> Callable[[Any], None]:
     return enter
 
 
+def parent_branch(params: Params, branch: str) -> str | None:
+    """The decay a branch starts from (None: it starts from a trunk checkpoint)."""
+    parent = params.decays[branch].parent
+    return parent[6:] if parent.startswith("decay-") else None
+
+
 def run(params: Params, branch: str, *, inputs: dict[str, list[str]]) -> None:
     """Train decay branch `branch` from its parent checkpoint `inputs["parent"]`; write `artifacts/decay/<branch>`."""
     from workflow.train import checkpoint as ckpt
     from workflow.train import segment as runner
     from workflow.train.loop import Session
 
+    params = scoped(params, f"decay-{branch}")
     d = params.decays[branch]
     source = inputs["parent"][0]
-    problem = ckpt.check(source, ckpt.fingerprint(params))
+    problem = ckpt.check(source, ckpt.fingerprint(params, parent_branch(params, branch)))
     if problem:
-        raise ckpt.CheckpointError(f"cannot train decay '{branch}': trunk checkpoint {problem}. "
-                                   f"Train it first (`python -m workflow trunk --step {d.from_step}`).")
+        raise ckpt.CheckpointError(f"cannot train decay '{branch}': its parent {d.parent} {problem}. "
+                                   f"Train it first (`python -m workflow {ckpt.rerun_hint(d.parent)}`).")
     fingerprint = ckpt.fingerprint(params, branch)
     session = Session(params, branch)
     runner.run(params, session, runner.Segment(
-        model_id=f"decay-{branch}", kind="decay", end_step=d.end_step, parent=source, out=paths.decay_dir(branch),
+        model_id=f"decay-{branch}", kind="decay", end_step=params.end_step(branch), parent=source, out=paths.decay_dir(branch),
         scratch=paths.scratch_dir("decay", branch), fingerprint=fingerprint, lineage=lineage(params, branch),
         keep_parent_log=False, enter=branch_point(params, branch)))

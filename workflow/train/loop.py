@@ -30,7 +30,7 @@ from pathlib import Path
 import torch
 
 from workflow import faults, paths
-from workflow.params import Parallel, Params
+from workflow.params import Parallel, Params, for_run
 from workflow.train import backend as be
 from workflow.train import checkpoint as ckpt
 from workflow.train import distributed
@@ -82,7 +82,8 @@ def stopped_line(step: int) -> str:
 def schedule(params: Params, branch: str | None = None) -> dict:
     """`OptimizerParamScheduler` arguments (units: optimizer steps, counted from `schedule_origin`).
 
-    Trunk: linear warmup to `trunk.lr`, then WSD whose anneal starts at step 10**15 (never): constant.
+    Trunk: linear warmup to `trunk.lr`, then WSD whose anneal starts at step 10**15 (never): constant; a cosine or
+    linear trunk (`trunk.schedule`) anneals from the end of the warmup to `final_lr_ratio` x lr at its last checkpoint.
     Decay (counted from its branch point): optional re-warm, megatron's linear warmup from 0 to the peak over
     `rewarm.steps`; then WSD whose anneal covers exactly the branch's decay steps, from the peak to its final
     LR with the chosen shape. Without re-warm the branch starts at the peak, where the trunk is.
@@ -91,17 +92,21 @@ def schedule(params: Params, branch: str | None = None) -> dict:
     common = dict(init_lr=0.0, max_lr=t.lr, lr_decay_style="WSD", start_wd=t.weight_decay, end_wd=t.weight_decay,
                   wd_incr_steps=1, wd_incr_style="constant",
                   use_checkpoint_opt_param_scheduler=False, override_opt_param_scheduler=True)
+    if branch is None and t.schedule != "wsd":
+        return common | dict(min_lr=t.final_lr_ratio * t.lr, lr_warmup_steps=t.warmup_steps,
+                             lr_decay_steps=t.checkpoints[-1], lr_decay_style=t.schedule)
     if branch is None:
         return common | dict(min_lr=0.0, lr_warmup_steps=t.warmup_steps, lr_decay_steps=NEVER,
                              wsd_decay_steps=1, lr_wsd_decay_style="linear")
     d = params.decays[branch]
     return common | dict(max_lr=d.peak_lr(t), min_lr=d.min_lr(t), lr_warmup_steps=d.rewarm_steps,
-                         lr_decay_steps=d.total_steps, wsd_decay_steps=d.decay_steps, lr_wsd_decay_style=d.shape)
+                         lr_decay_steps=params.total_steps(branch), wsd_decay_steps=params.decay_steps(branch),
+                         lr_wsd_decay_style=d.shape)
 
 
 def schedule_origin(params: Params, branch: str | None = None) -> int:
     """The optimizer step at which the schedule's own count is 0: the trunk's start, or a branch point."""
-    return 0 if branch is None else params.decays[branch].from_step
+    return 0 if branch is None else params.start_step(branch)
 
 
 def setup(params: Params, parallel: Parallel | None = None) -> tuple[be.Backend, TokenizerInfo]:
@@ -119,6 +124,7 @@ class Session:
     """A model under training plus all state needed to continue it exactly."""
 
     def __init__(self, params: Params, branch: str | None = None) -> None:
+        params = for_run(params, branch)  # a whole study: the branch's trunk, else its first
         self.params, self.branch = params, branch
         self.backend, self.tokenizer = setup(params, params.model.parallel)  # first: it quiets megatron's imports
         from megatron.core.optimizer_param_scheduler import OptimizerParamScheduler

@@ -23,7 +23,7 @@ def peak_and_final_lr(params: Params, branch: str | None = None) -> tuple[float,
     """(peak LR, LR at the end of the anneal): the trunk's (`trunk.lr`, 0: it never anneals) or a branch's."""
     t = params.trunk
     if branch is None:
-        return t.lr, 0.0
+        return t.lr, (t.final_lr_ratio * t.lr if t.schedule != "wsd" else 0.0)
     d = params.decays[branch]
     return d.peak_lr(t), d.min_lr(t)
 

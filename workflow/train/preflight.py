@@ -17,7 +17,7 @@ from __future__ import annotations
 import math
 
 from workflow.errors import StageError
-from workflow.params import Params
+from workflow.params import Params, for_run
 from workflow.train import distributed
 from workflow.train.data import domain_weights
 
@@ -55,7 +55,7 @@ def lr_problem(params: Params, session, end_step: int) -> str | None:
 
     branch = session.branch
     origin = schedule_origin(params, branch)
-    section = f"decays.{branch}" if branch else "trunk"
+    section = f"decays.{branch}" if branch else f"trunks.{params.trunk_name}"
     for step in (session.step + 1, end_step):
         want = reference_lr(params, branch, step - origin)
         for i, group in enumerate(session.optimizer.param_groups):
@@ -71,7 +71,7 @@ def consumption_problem(params: Params, session, parent: dict | None) -> str | N
     branch = session.branch
     gbs, seq = params.trunk.global_batch_size, params.model.seq_length
     switched = branch is not None and params.decays[branch].mixture is not None
-    stream_start = params.decays[branch].from_step if switched else 0  # a decay's own mixture is a new stream
+    stream_start = params.start_step(branch) if switched else 0  # a decay's own mixture is a new stream
     have = {"step": session.step, "consumed_samples": session.step * gbs, "tokens_seen": session.step * gbs * seq}
     want = {k: parent.get(k) for k in have} if parent else {"step": 0, "consumed_samples": 0, "tokens_seen": 0}
     source = f"the parent checkpoint ({parent.get('model_id')}) says" if parent else "a fresh start is"
@@ -89,7 +89,7 @@ def data_problem(params: Params, session, parent: dict | None) -> str | None:
     branch = session.branch
     mixture = params.decays[branch].mixture if branch and params.decays[branch].mixture else params.trunk.mixture
     weights = domain_weights(params, mixture)
-    key = f"decays.{branch}.mixture" if branch and params.decays[branch].mixture else "trunk.mixture"
+    key = f"decays.{branch}.mixture" if branch and params.decays[branch].mixture else f"trunks.{params.trunk_name}.mixture"
     if set(weights) != set(session.stream.weights) or any(
             not math.isclose(weights[d], session.stream.weights[d], rel_tol=1e-9) for d in weights):
         return f"domain weights {session.stream.weights} are not {key} of params.yaml ({weights})"
@@ -126,6 +126,7 @@ def check(params: Params, session, end_step: int, model_id: str, parent: dict | 
     """Raise PreflightError (one line) unless `session`, about to train steps `session.step + 1 .. end_step`, is
     what `params` (params.yaml) and `parent` (the `meta.json` of the model dir it continues, None for a fresh
     start) say."""
+    params = for_run(params, session.branch)
     checks = (lambda: layout_problem(params, session), lambda: consumption_problem(params, session, parent),
               lambda: data_problem(params, session, parent), lambda: lr_problem(params, session, end_step))
     for problem in (found() for found in checks):

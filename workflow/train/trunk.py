@@ -1,14 +1,15 @@
-"""Stable phase of the WSD schedule: a chain of checkpoints `artifacts/trunk/step-<N>`.
+"""A trunk: a chain of checkpoints `artifacts/trunk/<name>/step-<N>` (model ids `<name>@<N>`), the stable phase of
+a WSD schedule, or (`trunk.schedule: cosine|linear`) one classic run with a fixed horizon, its last checkpoint.
 
 Two ways to run it (same results, bit for bit):
-* `run(params, step, inputs=...)` (Snakemake, one job per segment): continue from the previous checkpoint
+* `run(params, trunk, step, inputs=...)` (Snakemake, one job per segment): continue from the previous checkpoint
   the stage table gives (`inputs["previous"]`, none for the first), train to `step`, write `step-<step>`.
-* `run_all(params, segments)` (DVC, one stage owning `artifacts/trunk/`): produce every checkpoint in
+* `run_all(params, segments)` (DVC, one stage per trunk owning `artifacts/trunk/<name>/`): produce every checkpoint in
   order, reusing complete ones whose fingerprint matches, retraining stale ones (from the last valid
   checkpoint before them), deleting unlisted ones.
 
 Each segment goes through the shared runner (`segment.py`): resume points every `trunk.save_interval`
-steps under `artifacts/.scratch/trunk/step-<N>` (a rerun after a crash, even SIGKILL, continues from one
+steps under `artifacts/.scratch/trunk/<name>/step-<N>` (a rerun after a crash, even SIGKILL, continues from one
 and ends with the same weights as an uninterrupted run), and the preflight check before its first step.
 Heavy imports (torch, megatron) happen inside the functions: the stage table imports this module.
 """
@@ -33,67 +34,71 @@ def previous(inputs: Inputs) -> int | None:
 
 
 def lineage(params: Params, step: int, prev: int | None) -> dict:
-    t = params.trunk
-    return {"kind": "trunk", "from": f"trunk-{prev}" if prev else None, "step": step, "seed": t.seed, "lr": t.lr,
-            "warmup_steps": t.warmup_steps, "mixture": t.mixture}
+    t, name = params.trunk, params.trunk_name
+    return {"kind": "trunk", "trunk": name, "from": f"{name}@{prev}" if prev else None, "step": step, "seed": t.seed,
+            "lr": t.lr, "warmup_steps": t.warmup_steps, "mixture": t.mixture, "schedule": t.schedule}
 
 
 def segment(params: Params, step: int, prev: int | None, fingerprint: str):
     from workflow.train import segment as runner
 
-    return runner.Segment(model_id=f"trunk-{step}", kind="trunk", end_step=step,
-                          parent=paths.trunk_dir(prev) if prev is not None else None, out=paths.trunk_dir(step),
-                          scratch=paths.scratch_dir("trunk", f"step-{step}"), fingerprint=fingerprint,
+    name = params.trunk_name
+    return runner.Segment(model_id=f"{name}@{step}", kind="trunk", end_step=step,
+                          parent=paths.trunk_dir(name, prev) if prev is not None else None, out=paths.trunk_dir(name, step),
+                          scratch=paths.scratch_dir("trunk", f"{name}/step-{step}"), fingerprint=fingerprint,
                           lineage=lineage(params, step, prev))
 
 
-def run(params: Params, step: int, *, inputs: Inputs) -> None:
-    """Train one trunk segment: from `inputs["previous"]` (or from scratch) to `step`."""
+def run(params: Params, trunk: str, step: int, *, inputs: Inputs) -> None:
+    """Train one segment of trunk `trunk`: from `inputs["previous"]` (or from scratch) to `step`."""
     from workflow.train import checkpoint as ckpt
     from workflow.train import segment as runner
     from workflow.train.loop import Session, setup
 
+    params = params.at(trunk)
     setup(params, params.model.parallel)  # process group first: every rank sees the same plan
     fingerprint = ckpt.fingerprint(params)
     prev = previous(inputs)
     if prev is not None:
-        problem = ckpt.check(paths.trunk_dir(prev), fingerprint)
+        problem = ckpt.check(paths.trunk_dir(trunk, prev), fingerprint)
         if problem:
-            raise ckpt.CheckpointError(f"cannot train trunk step {step}: previous checkpoint {problem}. "
-                                       f"Train it first (`python -m workflow trunk --step {prev}`).")
+            raise ckpt.CheckpointError(f"cannot train {trunk}@{step}: previous checkpoint {problem}. "
+                                       f"Train it first (`python -m workflow trunk --trunk {trunk} --step {prev}`).")
     runner.run(params, Session(params), segment(params, step, prev, fingerprint))
 
 
 def run_all(params: Params, segments: list[tuple[dict[str, Any], Inputs]]) -> None:
-    """Every segment (`[(key, inputs)]` in chain order), reusing complete checkpoints whose fingerprint
-    matches and deleting checkpoints the chain no longer lists: DVC's one `trunk` stage."""
+    """Every segment of one trunk (`[(key, inputs)]` in chain order), reusing complete checkpoints whose
+    fingerprint matches and deleting checkpoints the chain no longer lists: DVC's `trunk-<name>` stage."""
     from workflow.io import remove_stale_temporaries
     from workflow.train import checkpoint as ckpt
     from workflow.train import segment as runner
     from workflow.train.distributed import barrier, is_main
     from workflow.train.loop import Session, remove_tree, setup
 
+    name = segments[0][0]["trunk"]
+    params = params.at(name)
     setup(params, params.model.parallel)
     fingerprint = ckpt.fingerprint(params)
     chain = [(key["step"], previous(inputs)) for key, inputs in segments]
-    root = Path(paths.trunk_root())
+    root = Path(paths.trunk_root(name))
     listed = {s for s, _ in chain}
-    todo = [(s, prev) for s, prev in chain if ckpt.check(paths.trunk_dir(s), fingerprint) is not None]
+    todo = [(s, prev) for s, prev in chain if ckpt.check(paths.trunk_dir(name, s), fingerprint) is not None]
     barrier()  # everyone has judged the checkpoints before rank 0 deletes any
     if is_main():
         found = {int(m[1]) for m in map(STEP_DIR.match, os.listdir(root) if root.is_dir() else []) if m}
         for step in sorted(found):
-            remove_stale_temporaries(paths.trunk_dir(step))  # what killed writers left (never a live one's)
-            if step not in listed and Path(paths.trunk_dir(step)).exists():
-                print(f"trunk: removing {paths.trunk_dir(step)} (not in trunk.checkpoints)")
-                remove_tree(paths.trunk_dir(step))
+            remove_stale_temporaries(paths.trunk_dir(name, step))  # what killed writers left (never a live one's)
+            if step not in listed and Path(paths.trunk_dir(name, step)).exists():
+                print(f"trunk: removing {paths.trunk_dir(name, step)} (not in the checkpoints of trunk {name})")
+                remove_tree(paths.trunk_dir(name, step))
         stale = {s for s, _ in todo}
         for step, _ in chain:
             if step not in stale:
-                print(f"trunk-{step}: up to date (fingerprint matches), skipped")
-            elif Path(paths.trunk_dir(step)).exists():
-                print(f"trunk-{step}: retraining: {ckpt.check(paths.trunk_dir(step), fingerprint)}")
-                remove_tree(paths.trunk_dir(step))
+                print(f"{name}@{step}: up to date (fingerprint matches), skipped")
+            elif Path(paths.trunk_dir(name, step)).exists():
+                print(f"{name}@{step}: retraining: {ckpt.check(paths.trunk_dir(name, step), fingerprint)}")
+                remove_tree(paths.trunk_dir(name, step))
     barrier()
     session = Session(params) if todo else None
     for step, prev in todo:
