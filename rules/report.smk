@@ -1,4 +1,4 @@
-# workflow/report.py: reports/ from every eval and training log
+# workflow/report/__init__.py: reports/ from every eval and training log
 rule report:
     input:
         unpack(stage_inputs("report")),

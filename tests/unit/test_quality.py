@@ -9,11 +9,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from workflow import paths, report, stages
+from workflow import paths, stages
 from workflow.curate.common import JsonlZst, write_stats
 from workflow.io import read_json, read_jsonl, write_json
 from workflow.params import ParamsError, parse_params
 from workflow.quality.select import keep_mask
+from workflow.report.plots import score_plot
+from workflow.report.selection import selection_rows
 from workflow.tokenize import kept_chunks
 
 GOOD = "the theorem follows from the lemma because every bounded sequence has a convergent subsequence".split()
@@ -86,10 +88,10 @@ def test_selections_keep_by_threshold_or_top_fraction_per_source(sources):
     for sel in ("top", "above"):  # what tokenize_selected writes beside the tokens, for the report
         for domain in ("book", "web"):
             write_json(paths.tokens_stats(domain, sel), {"train": {"tokens": 1000 if domain == "book" else 0}})
-    rows = report.selection_rows(params, ["top", "above"])
+    rows = selection_rows(params, ["top", "above"])
     assert rows[0] == ["top", "book", "q", "top 25%", "50", "200", "25.0", rows[0][7], "1,000"]
     assert rows[3][:7] == ["above", "web", "q", "threshold 0.5", "0", "200", "0.0"] and rows[3][7] == ""
-    assert report.score_plot(["top", "above"]).startswith(b"\x89PNG")
+    assert score_plot(["top", "above"]).startswith(b"\x89PNG")
     scores = np.array([0.2, 0.9, 0.5, 0.9, 0.1])
     assert keep_mask(scores, 0.5, None).tolist() == [False, True, True, True, False]  # threshold: at least
     assert keep_mask(scores, None, 0.4).tolist() == [False, True, False, True, False]  # top 2

@@ -8,10 +8,13 @@ from pathlib import Path
 
 import pytest
 
-from workflow import stages
-from workflow import paths, report
+from workflow import paths, stages
 from workflow.io import write_json
 from workflow.params import parse_params
+from workflow.report.checks import science_checks
+from workflow.report.collect import collect, trunk_log
+from workflow.report.compute import fit_power_law, study_cost
+from workflow.report.plots import EMA_BETA, ema
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 TOKENS_PER_STEP = 4 * 8  # global_batch_size × seq_length
@@ -100,7 +103,7 @@ def test_table_cost_and_findings(study, capsys):
     assert rows["decay-b"]["arbor_cloze acc_norm"] == f"{1 / 3.2:.4f}" and rows["decay-b"]["arbor_heldout bits_per_byte"] == "1.6000"
     assert rows["main@10"]["arbor_cloze acc_norm"] == "—"
 
-    assert report.study_cost(study) == (20 + 5 + 4, 10 + 20 + 15 + 24)
+    assert study_cost(study) == (20 + 5 + 4, 10 + 20 + 15 + 24)
     assert "29 optimizer steps executed" in md and "vs 69 (2,208 tokens) to train" in md and "2.38× fewer (58% saved)" in md
     assert "decay-a: held-out loss 3.7000 vs 4.0000 for its parent main@10 (Δ -0.3000" in md
     assert "decay-b: held-out loss 3.2000 vs 3.5000 for its parent main@20 (Δ -0.3000" in md
@@ -164,7 +167,7 @@ def test_missing_or_wrong_eval_names_file_and_command(study):
 
 def test_trunk_log_joins_segment_logs_and_missing_logs_only_warn(study, capsys):
     write_log("main@20", range(11, 21))  # per-segment logs instead of a cumulative one
-    assert [s for s, _ in report.trunk_log(study.at("main"))] == list(range(1, 21))
+    assert [s for s, _ in trunk_log(study.at("main"))] == list(range(1, 21))
     Path(paths.train_log(paths.decay_dir("a"))).unlink()
     stages.call(study, "report")
     assert "decay/a/train_log.jsonl is missing" in capsys.readouterr().err
@@ -199,7 +202,7 @@ def test_science_check(tmp_path, monkeypatch):
     for model_id, (loss, code) in evals.items():
         write_log(model_id, range(1, 3)) if not model_id.startswith("merge") else None
         write_eval(model_id, loss, code)
-    checks = {(c.check.split()[0], c.model): c for c in report.science_checks(params, report.collect(params))}
+    checks = {(c.check.split()[0], c.model): c for c in science_checks(params, collect(params))}
     assert [(c.baseline, c.domain, c.result) for c in checks.values()] == [
         ("main@20", "all", "PASS"), ("main@20", "all", "PASS"), ("main@10", "all", "FAIL"),  # decays vs branch point
         ("main@20", "all", "FAIL"),                                                              # LAWA merge: 3.6 > 3.5
@@ -215,13 +218,13 @@ def test_science_check(tmp_path, monkeypatch):
 
 
 def test_ema_is_seeded_and_light():
-    assert report.ema([1.0, 1.0]) == [1.0, 1.0]
-    assert report.ema([0.0], start=1.0) == [pytest.approx(report.EMA_BETA)]
+    assert ema([1.0, 1.0]) == [1.0, 1.0]
+    assert ema([0.0], start=1.0) == [pytest.approx(EMA_BETA)]
 
 
 def test_power_law_fit_recovers_known_parameters():
     """L(C) = a·C^(−b) + c from exact synthetic points: the fit returns a, b and c."""
     a, b, c = 40.0, 0.25, 2.0
     compute = [1e9 * 2 ** i for i in range(8)]
-    fa, fb, fc = report.fit_power_law(compute, [a * x ** -b + c for x in compute])
+    fa, fb, fc = fit_power_law(compute, [a * x ** -b + c for x in compute])
     assert fb == pytest.approx(b, rel=1e-3) and fc == pytest.approx(c, rel=1e-3) and fa == pytest.approx(a, rel=1e-2)
