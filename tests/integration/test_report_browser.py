@@ -42,7 +42,7 @@ def test_report_renders_with_every_plot(study, chromium, tmp_path):  # noqa: F81
     got = chromium.open(page.as_uri(), CHECK_IMAGES)
     (tmp_path / "summary.png").write_bytes(got["screenshot"])  # to look at when it fails
     images, text = got["value"]["images"], got["value"]["text"]
-    assert [i["alt"] for i in images] == ["training loss", "held-out bpb", "merges vs inputs"], images
+    assert [i["alt"] for i in images] == ["training loss", "held-out bpb", "merges vs inputs", "loss vs compute"], images
     for img in images:
         assert img["complete"] and img["width"] >= 200 and img["height"] >= 150 and img["shown"] > 100, img
     assert "Study report" in text and "decay-a" in text and "Science check" in text
