@@ -228,3 +228,53 @@ def test_power_law_fit_recovers_known_parameters():
     compute = [1e9 * 2 ** i for i in range(8)]
     fa, fb, fc = fit_power_law(compute, [a * x ** -b + c for x in compute])
     assert fb == pytest.approx(b, rel=1e-3) and fc == pytest.approx(c, rel=1e-3) and fa == pytest.approx(a, rel=1e-2)
+
+
+def write_selection(name: str, rule: dict) -> None:
+    """What `select` and `tokenize_selected` leave for the report: the variant's stats and its tokens' stats."""
+    write_json(Path(paths.selected_dir(name)) / "stats.json", {
+        "scorer": "q", **rule, "bin_edges": [i / 4 for i in range(5)],
+        "sources": {s: {"docs": 40, "kept": 10, "lowest_kept": 0.75, "histogram": [10, 10, 10, 10]} for s in ("p", "c")}})
+    for domain in ("prose", "code"):
+        write_json(paths.tokens_stats(domain, name), {"train": {"tokens": 100}})
+
+
+def test_models_that_differ_only_in_data_side_by_side(tmp_path, monkeypatch):
+    """Trunks that differ only in `data` (last checkpoints) and their decays with the same settings: held-out loss
+    per domain and overall side by side, Δ, and whether it clears that domain's seed noise floor."""
+    monkeypatch.chdir(tmp_path)
+    study = {
+        "sources": {"p": {"paths": ["x"], "domain": "prose"}, "c": {"paths": ["y"], "domain": "code"}},
+        "trunk": {"checkpoints": [10, 20]},
+        "trunks": {"main": {}, "top": {"data": "top"}, "seed2": {"seed": 7}, "lr_low": {"data": "top", "lr": 1e-4}},
+        "decays": {"d": {"from": "main@20", "steps": 4}, "dt": {"from": "top@20", "steps": 4},
+                   "only": {"from": "main@10", "steps": 2}},  # top has no decay from step 10: no counterpart
+        "quality": {"scorers": {"q": {"kind": "fasttext", "model": "q.bin"}},
+                    "selections": {"top": {"scorer": "q", "keep_fraction": 0.25}}},
+    }
+    params = parse_params(study)
+    evals = {"main@20": (3.5, 3.6), "top@20": (3.3, 3.7),  # prose 3.4 vs 3.2, code 3.6 vs 3.7, all 3.5 vs 3.3
+             "seed2@20": (3.52, 3.9),                         # floors: prose and all 0.02, code 0.3
+             "decay-d": (3.0, 3.1), "decay-dt": (3.01, 3.05)}
+    for model_id in params.model_ids():
+        loss, code = evals.get(model_id, (4.0, None))
+        write_log(model_id, range(1, 3))
+        write_eval(model_id, loss, code)
+    write_selection("top", {"keep_fraction": 0.25})
+    stages.call(params, "report")
+    md = Path(paths.report_file()).read_text()
+    section = md.split("## Data selection")[1].split("## Findings")[0]
+    rows = [line for line in section.splitlines() if " vs " in line and line.startswith("| ")]
+    assert rows == [
+        "| main@20 vs top@20 | whole corpus vs top | prose | 3.4000 | 3.2000 | +0.2000 | yes |",
+        "| main@20 vs top@20 | whole corpus vs top | code | 3.6000 | 3.7000 | -0.1000 | no |",
+        "| main@20 vs top@20 | whole corpus vs top | all | 3.5000 | 3.3000 | +0.2000 | yes |",
+        "| decay-d vs decay-dt | whole corpus vs top | prose | 2.9000 | 2.9100 | -0.0100 | no |",
+        "| decay-d vs decay-dt | whole corpus vs top | code | 3.1000 | 3.0500 | +0.0500 | no |",
+        "| decay-d vs decay-dt | whole corpus vs top | all | 3.0000 | 3.0100 | -0.0100 | no |"]
+    html = Path(paths.report_dir(), "summary.html").read_text()
+    assert "<tr><td>decay-d vs decay-dt</td><td>whole corpus vs top</td><td>code</td><td>3.1000</td><td>3.0500</td>" \
+           "<td>+0.0500</td><td>no</td></tr>" in html
+    stages.call(parse_params({**study, "trunks": {"main": {}, "top": {"data": "top"}}}), "report")  # no seed pair: no floor
+    assert "| main@20 vs top@20 | whole corpus vs top | all | 3.5000 | 3.3000 | +0.2000 | — |" in \
+        Path(paths.report_file()).read_text()

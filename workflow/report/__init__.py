@@ -5,7 +5,9 @@ Reads `artifacts/eval/<id>.json` of every model and, for the trained ones (trunk
 decays), `train_log.jsonl` and `meta.json`. Writes `reports/` atomically::
 
     summary.md        table of every model (lineage, tokens, cost, held-out loss/bpb, task scores), study
-                      cost, science check (PASS/FAIL per expectation), findings (links the plots)
+                      cost, science check (PASS/FAIL per expectation), data selection (what each variant kept;
+                      held-out losses of models that differ only in their variant side by side), findings
+                      (links the plots), compute
     summary.html      the same, self-contained (plots embedded as base64)
     plots/loss.png    training loss vs tokens: the trunk, each decay from its branch point, held-out markers
     plots/bpb.png     held-out bits-per-byte per model, one bar per domain + overall
@@ -39,7 +41,7 @@ from workflow.report.compute import compute_lines, cost_line, frontier_of, lr_po
 from workflow.report.plots import (BPB_PLOT, MERGE_PLOT, RC, SCORE_PLOT, bpb_plot, compute_plot, loss_plot, lr_plot,
                                    merge_plot, score_plot)
 from workflow.report.render import html_page, markdown, table
-from workflow.report.selection import selection_rows, trains_on
+from workflow.report.selection import data_selection
 
 
 def run(params: Params, *, inputs: dict[str, list[str]]) -> None:
@@ -68,7 +70,7 @@ def run(params: Params, *, inputs: dict[str, list[str]]) -> None:
             plots["LR sensitivity"] = ("plots/lr.png", lr_plot(lrs))
         if selections:
             plots["quality scores"] = (SCORE_PLOT, score_plot(selections))
-    selection = (trains_on(params), selection_rows(params, selections)) if selections else None
+    selection = data_selection(params, models)
     with atomic_dir(root) as tmp:
         for rel, png in plots.values():
             (tmp / rel).parent.mkdir(parents=True, exist_ok=True)

@@ -107,11 +107,10 @@ def differing(params: Params) -> dict[tuple[str, str], list[str]]:
             for i, a in enumerate(names) for b in names[i + 1:]}
 
 
-def noise_floor(params: Params, models: list[Model]) -> float | None:
-    """The spread (max - min) of held-out loss between the last checkpoints of trunks that differ only in seed."""
+def noise_floor(params: Params, models: list[Model], domain: str = "all") -> float | None:
+    """The largest held-out loss gap (on `domain`) between the last checkpoints of trunks that differ only in seed."""
     by_id = {m.id: m for m in models}
-    pairs = [p for p, keys in differing(params).items() if keys == ["seed"]]
-    if not pairs:
-        return None
-    last = lambda t: by_id[params.trunk_ids(t)[-1]].loss  # noqa: E731
-    return max(abs(last(a) - last(b)) for a, b in pairs)
+    last = lambda t: by_id[params.trunk_ids(t)[-1]].heldout.get(domain, {}).get("loss")  # noqa: E731
+    gaps = [abs(last(a) - last(b)) for (a, b), keys in differing(params).items()
+            if keys == ["seed"] and last(a) is not None and last(b) is not None]
+    return max(gaps) if gaps else None

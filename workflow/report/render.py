@@ -7,7 +7,7 @@ import html
 
 from workflow.report.checks import Check
 from workflow.report.collect import Model
-from workflow.report.selection import SELECTION_HEADER
+from workflow.report.selection import DATA_HEADER, DATA_NOTE, NO_DATA_PAIRS, SELECTION_HEADER, DataSelection
 
 PRIMARY_METRICS = ("acc_norm", "acc", "exact_match", "f1", "bits_per_byte", "word_perplexity")  # a task's table column
 TABLE_NOTE = ("Tokens seen of a merge: the training behind its inputs, the shared trunk counted once. Own steps / "
@@ -55,12 +55,13 @@ def _md_table(header: list[str], rows: list[list[str]], text_columns: int) -> li
 
 
 def markdown(header: list[str], rows: list[list[str]], costs: list[str], checks: list[Check], notes: list[str],
-             plots: dict[str, str], selection: tuple[str, list[list[str]]] | None, compute: list[str]) -> str:
+             plots: dict[str, str], selection: DataSelection | None, compute: list[str]) -> str:
     lines = ["# Study report", "", *_md_table(header, rows, 2), "", TABLE_NOTE, "", *(x for c in costs for x in (c, "")),
              "## Science check", ""]
     lines += _md_table(CHECK_HEADER, [check_row(c) for c in checks], 4) if checks else [NO_CHECKS]
     if selection:
-        lines += ["", "## Data selection", "", selection[0], "", *_md_table(SELECTION_HEADER, selection[1], 4)]
+        lines += ["", "## Data selection", "", selection.trains_on, "", *_md_table(SELECTION_HEADER, selection.kept, 4), ""]
+        lines += [DATA_NOTE, "", *_md_table(DATA_HEADER, selection.compared, 3)] if selection.compared else [NO_DATA_PAIRS]
     lines += ["", "## Findings", ""] + [f"- {n}" for n in notes] + ["", "## Plots", ""]
     lines += [f"![{alt}]({rel})\n" for alt, rel in plots.items()]
     return "\n".join(lines) + "\n## Compute\n\n" + "\n".join(compute) + "\n"
@@ -73,8 +74,17 @@ def _html_table(header: list[str], rows: list[list[str]]) -> str:
     return f"<table><thead><tr>{head}</tr></thead><tbody>\n{body}</tbody></table>"
 
 
+def data_section(selection: DataSelection) -> str:
+    """The Data selection section in HTML."""
+    e = html.escape
+    compared = (f"<p>{e(DATA_NOTE)}</p>{_html_table(DATA_HEADER, selection.compared)}" if selection.compared
+                else f"<p>{e(NO_DATA_PAIRS)}</p>")
+    return (f"<h2>Data selection</h2><p>{e(selection.trains_on)}</p>{_html_table(SELECTION_HEADER, selection.kept)}\n"
+            f"{compared}")
+
+
 def html_page(header: list[str], rows: list[list[str]], costs: list[str], checks: list[Check], notes: list[str],
-              images: dict[str, bytes], selection: tuple[str, list[list[str]]] | None) -> str:
+              images: dict[str, bytes], selection: DataSelection | None) -> str:
     e = html.escape
     imgs = "".join(f'<p><img alt="{e(alt)}" src="data:image/png;base64,{base64.b64encode(png).decode()}"></p>\n'
                    for alt, png in images.items())
@@ -90,7 +100,7 @@ td,th{{border:1px solid #ccc;padding:3px 8px}}td:nth-child(n+3){{text-align:righ
 {"".join(f"<p>{e(c)}</p>" for c in costs)}
 <h2>Science check</h2>
 {check_table}
-{f"<h2>Data selection</h2><p>{e(selection[0])}</p>{_html_table(SELECTION_HEADER, selection[1])}" if selection else ""}
+{data_section(selection) if selection else ""}
 <h2>Findings</h2>
 <ul>{"".join(f"<li>{e(n)}</li>" for n in notes)}</ul>
 <h2>Plots</h2>
