@@ -94,9 +94,9 @@ def test_curation_edit_reruns_everything_downstream(study):
 def test_new_branch_runs_only_that_branch(study):
     edit_params(study, lambda p: p["decays"].update(extra={"from": f"main@{12}", "steps": 4, "shape": "minus_sqrt", "final_lr": 0.0}))
     assert scheduled(study) == {paths.decay_dir("extra"), paths.eval_file("decay-extra"), paths.report_dir()}
-    assert dvc_changed(study) == {"resolve", "decay@extra", "evaluate-decay@extra", "report"}
+    assert dvc_changed(study) == {"resolve", "decay-extra", "evaluate-decay@extra", "report"}
     ran = dvc(study, "repro").stdout
-    assert set(re.findall(r"Running stage '([^']+)'", ran)) == {"resolve", "decay@extra", "evaluate-decay@extra", "report"}
+    assert set(re.findall(r"Running stage '([^']+)'", ran)) == {"resolve", "decay-extra", "evaluate-decay@extra", "report"}
     assert dvc_changed(study) == set()
     assert (study / paths.eval_file("decay-extra")).is_file()
 
