@@ -77,11 +77,10 @@ def run(params: Params, *, inputs: dict[str, list[str]]) -> None:
             (tmp / rel).write_bytes(png)
             faults.point("report.plot")
         md = tmp / Path(paths.report_file()).relative_to(root)
-        md.write_text(markdown(header, rows, costs, checks, notes, {alt: rel for alt, (rel, _) in plots.items()},
-                               selection, compute), encoding="utf-8")
-        md.with_suffix(".html").write_text(html_page(header, rows, costs, checks, notes,
-                                                     {alt: png for alt, (_, png) in plots.items()}, selection),
-                                           encoding="utf-8")
+        text = markdown(header, rows, costs, checks, notes, {alt: rel for alt, (rel, _) in plots.items()}, selection,
+                        compute)
+        md.write_text(text, encoding="utf-8")
+        md.with_suffix(".html").write_text(html_page(text, dict(plots.values())), encoding="utf-8")
     best, (executed, scratch) = min(models, key=lambda m: m.loss), study_cost(params)
     verdicts = [c.result for c in checks]
     print(f"[report] {len(models)} models → {root}/ (summary.md, summary.html, plots/); best held-out loss "

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import base64
-import html
 
 from workflow.report.checks import Check
 from workflow.report.collect import Model
@@ -67,42 +66,20 @@ def markdown(header: list[str], rows: list[list[str]], costs: list[str], checks:
     return "\n".join(lines) + "\n## Compute\n\n" + "\n".join(compute) + "\n"
 
 
-def _html_table(header: list[str], rows: list[list[str]]) -> str:
-    e = html.escape
-    head = "".join(f"<th>{e(h)}</th>" for h in header)
-    body = "".join("<tr>" + "".join(f"<td>{e(c)}</td>" for c in r) + "</tr>\n" for r in rows)
-    return f"<table><thead><tr>{head}</tr></thead><tbody>\n{body}</tbody></table>"
-
-
-def data_section(selection: DataSelection) -> str:
-    """The Data selection section in HTML."""
-    e = html.escape
-    compared = (f"<p>{e(DATA_NOTE)}</p>{_html_table(DATA_HEADER, selection.compared)}" if selection.compared
-                else f"<p>{e(NO_DATA_PAIRS)}</p>")
-    return (f"<h2>Data selection</h2><p>{e(selection.trains_on)}</p>{_html_table(SELECTION_HEADER, selection.kept)}\n"
-            f"{compared}")
-
-
-def html_page(header: list[str], rows: list[list[str]], costs: list[str], checks: list[Check], notes: list[str],
-              images: dict[str, bytes], selection: DataSelection | None) -> str:
-    e = html.escape
-    imgs = "".join(f'<p><img alt="{e(alt)}" src="data:image/png;base64,{base64.b64encode(png).decode()}"></p>\n'
-                   for alt, png in images.items())
-    check_table = _html_table(CHECK_HEADER, [check_row(c) for c in checks]) if checks else f"<p>{NO_CHECKS}</p>"
-    return f"""<!doctype html>
+HTML_HEAD = """<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>Study report</title>
-<style>body{{font-family:sans-serif;margin:2em}}table{{border-collapse:collapse;font-size:90%}}
-td,th{{border:1px solid #ccc;padding:3px 8px}}td:nth-child(n+3){{text-align:right}}img{{max-width:100%}}</style>
+<style>body{font-family:sans-serif;margin:2em}table{border-collapse:collapse;font-size:90%}
+td,th{border:1px solid #ccc;padding:3px 8px}img{max-width:100%}</style>
 </head><body>
-<h1>Study report</h1>
-{_html_table(header, rows)}
-<p>{e(TABLE_NOTE)}</p>
-{"".join(f"<p>{e(c)}</p>" for c in costs)}
-<h2>Science check</h2>
-{check_table}
-{data_section(selection) if selection else ""}
-<h2>Findings</h2>
-<ul>{"".join(f"<li>{e(n)}</li>" for n in notes)}</ul>
-<h2>Plots</h2>
-{imgs}</body></html>
 """
+
+
+def html_page(md: str, images: dict[str, bytes]) -> str:
+    """The Markdown page as one self-contained HTML file (CommonMark + tables, markdown-it-py), each plot
+    (`images`: its relative path in the Markdown -> PNG bytes) embedded as base64."""
+    from markdown_it import MarkdownIt
+
+    body = MarkdownIt("commonmark", {"html": False}).enable("table").render(md)
+    for rel, png in images.items():
+        body = body.replace(f'src="{rel}"', f'src="data:image/png;base64,{base64.b64encode(png).decode()}"')
+    return f"{HTML_HEAD}{body}</body></html>\n"
