@@ -140,7 +140,7 @@ def test_measured_cost_beside_the_estimate(study):
 
 def cells(html: str) -> str:
     """The HTML with cells' alignment attributes and the whitespace between tags dropped."""
-    return re.sub(r">\s+<", "><", re.sub(r"<td[^>]*>", "<td>", html))
+    return re.sub(r">\s+<", "><", re.sub(r"<(td|th)[^>]*>", r"<\1>", html))
 
 
 def test_plots_html_and_stable_bytes(study):
