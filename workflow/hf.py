@@ -261,8 +261,8 @@ def digest(directory: str) -> dict[str, str]:
     out = {}
     for path in files(directory):
         if not Path(path).is_file():
-            raise HfImportError(f"{directory}: {Path(path).name} is missing (a Hugging Face Llama directory holds "
-                                f"{CONFIG}, *.safetensors and {TOKENIZER}; e.g. one written by export-hf)")
+            raise HfImportError(f"{directory} (a trunk's from_hf): {Path(path).name} is missing (a Hugging Face Llama "
+                                f"directory holds {CONFIG}, *.safetensors and {TOKENIZER}; e.g. one written by export-hf)")
         out[Path(path).name] = integrity.sha256(path)
     return out
 
@@ -315,8 +315,8 @@ class LlamaDir:
             path = Path(directory) / name
             if not path.is_file():
                 pickles = sorted(p.name for p in Path(directory).glob("*.bin"))
-                raise HfImportError(f"{directory}: no {name}" + (f" ({', '.join(pickles)} are pickles, never read: save "
-                                    "the model with `save_pretrained(..., safe_serialization=True)`)" if pickles else ""))
+                raise HfImportError(f"{directory}: no {name}" + (f" ({', '.join(pickles)}: pickles, never read; save the "
+                                    "model with `save_pretrained(..., safe_serialization=True)`)" if pickles else ""))
             with safe_open(path, framework="pt") as f:
                 for key in f.keys():
                     self.where[key] = str(path)
