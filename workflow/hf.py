@@ -282,7 +282,8 @@ def tokenizer_problem(directory: str, study_tokenizer: str) -> str | None:
     path = Path(directory) / TOKENIZER
     fix = f"use its tokenizer: `tokenizer.path: {_join(directory, TOKENIZER)}` (and `tokenizer.eod_token`: its end-of-text token)"
     if not path.is_file():
-        return f"it has no {TOKENIZER}, so its vocabulary cannot be checked against the study's; add it, or {fix}"
+        return (f"it has no {TOKENIZER}, so its vocabulary cannot be held against the study's (write one: "
+                f"`AutoTokenizer.from_pretrained(d).save_pretrained(d)`), then {fix}")
     theirs, ours = json.loads(path.read_text()), json.loads(Path(study_tokenizer).read_text())
     differ = [k for k in TOKENIZER_PARTS if theirs.get(k) != ours.get(k)]
     if differ:
