@@ -144,6 +144,7 @@ SPECIAL: dict[str, Callable[[Any, dict], list[Any]]] = {
     "eval.tasks": lambda v, raw: [v[:1]],
     "eval.decontaminate_files": lambda v, raw: [["data/sample/SOURCES.md"]],
     "tokenizer.path": lambda v, raw: ["user-tokenizer.json"],
+    "trunks.*.from_hf": lambda v, raw: ["user-hf"],
     "tokenizer.special_tokens": lambda v, raw: [["<|user|>"]],
     "decays.*.parent": lambda v, raw: [f"main@{c}" for c in raw["trunk"]["checkpoints"] if f"main@{c}" != v],
     "trunk.data": lambda v, raw: [s for s in raw.get("quality", {}).get("selections", {}) if s != v],
@@ -155,6 +156,7 @@ SPECIAL: dict[str, Callable[[Any, dict], list[Any]]] = {
 }
 USER_TOKENIZER = "user-tokenizer.json"  # the matrix copies the study's tokenizer here for `tokenizer.path`
 USER_CLASSIFIER = "user-classifier.bin"  # ... and its trained classifier here, for a scorer's ready `model`
+USER_HF = "user-hf"  # ... and exports main@12 here, for a trunk's `from_hf`
 COLLECTIONS = ("sources", "decays", "merges", "trunks", "quality.scorers", "quality.selections")
 
 

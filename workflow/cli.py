@@ -37,10 +37,26 @@ def _check(params: Params, args: argparse.Namespace) -> None:
         print(f"backend:  {next(iter(backends.values())) if shared else '; '.join(f'{n}: {b}' for n, b in backends.items())}")
     except BackendError as err:
         raise ParamsError(f"{args.params}: {err}") from None
+    _check_imports(params, args.params)
     print("\n".join(estimate(params, args.accelerator, args.mfu)))
     from workflow import stages  # jobs per stage as Snakemake plans them (DVC runs the trunk's as one stage)
 
     print("jobs:     " + ", ".join(f"{n} {len(s.instances(params))}" for n, s in stages.STAGES.items()))
+
+
+def _check_imports(params: Params, origin: str) -> None:
+    """Each `from_hf` checkpoint's config.json against its trunk's model keys (the tokenizer is checked when the trunk runs)."""
+    from workflow import hf
+
+    for name, t in params.trunks.items():
+        if t.from_hf:
+            try:
+                problems = hf.config_problems(hf.read_config(t.from_hf), t.model, f"trunks.{name}.model")
+            except hf.HfImportError as err:
+                problems = [str(err)]
+            if problems:
+                raise ParamsError(f"{origin}: trunks.{name}.from_hf: {t.from_hf} cannot be imported: {'; '.join(problems)}")
+            print(f"from_hf:  {name} starts from {t.from_hf} (config.json matches its model)")
 
 
 def _fraction(text: str) -> float:

@@ -268,6 +268,7 @@ class Trunk(Section):
     data: Name | None = Field(None, description="A key of `quality.selections`: train on that data variant; null = the whole curated corpus.")
     schedule: Literal["wsd", "cosine", "linear"] = Field("wsd", description="wsd: warmup then a constant LR (the stable phase; decays anneal it); cosine / linear: a classic single run, warmup then an anneal to `final_lr_ratio` x lr at the last checkpoint (a fixed horizon: every checkpoint is a point on one schedule, so extending it retrains).")
     final_lr_ratio: float = Field(0.0, ge=0, le=1, description="cosine / linear: LR at the last checkpoint as a fraction of lr (unused by wsd).")
+    from_hf: Annotated[str, Field(min_length=1)] | None = Field(None, description="A local Hugging Face Llama directory (config.json, *.safetensors, tokenizer.json; e.g. from export-hf) whose weights the trunk starts from, with a fresh optimizer: `warmup_steps` from 0 to `lr` is the re-warm. The model keys must match its config.json and its tokenizer must be the study's. Tracked as an input; null = a random init.")
 
     @model_validator(mode="after")
     def _batch_and_order(self) -> "Trunk":
@@ -277,6 +278,9 @@ class Trunk(Section):
             raise ValueError(f"checkpoints must be strictly increasing, got {self.checkpoints}")
         if self.schedule != "wsd" and self.warmup_steps >= self.checkpoints[-1]:
             raise ValueError(f"warmup_steps ({self.warmup_steps}) must end before the last checkpoint ({self.checkpoints[-1]}) of a {self.schedule} schedule")
+        if self.from_hf is not None and "://" in self.from_hf:
+            raise ValueError(f"from_hf: '{self.from_hf}' is a URL; give a local directory (nothing is downloaded: "
+                             "fetch it first, e.g. `huggingface-cli download <repo> --local-dir <dir>`)")
         return self
 
 

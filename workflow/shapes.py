@@ -5,6 +5,7 @@ from __future__ import annotations
 from workflow.params import Model
 
 VOCAB_MULTIPLE = 128
+NORM_EPS = 1e-5  # RMSNorm epsilon (megatron-core's default, set explicitly: the HF config states it)
 
 
 def padded_vocab_size(vocab_size: int, tp: int = 1) -> int:

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from workflow import paths
+from workflow import hf, paths
 from workflow.curate import gather, shard, split
 from workflow.curate.readers import source_files
 from workflow.evaluate import run as evaluate_run
@@ -268,14 +268,22 @@ def _tokenize_selected_inputs(params: Params, selection: str, domain: str) -> In
             "tokenizer": [paths.tokenizer_dir()]}
 
 
+def init_files(params: Params, trunk: str) -> list[str]:
+    """The Hugging Face checkpoint a trunk starts from (`from_hf`), file by file (Snakemake sees a file rewritten
+    in a folder, not the folder): an input of every training job of the trunk, whose fingerprint hashes it."""
+    directory = params.trunks[trunk].from_hf
+    return hf.files(directory) if directory else []
+
+
 def _trunk_inputs(params: Params, trunk: str, step: int) -> Inputs:
     return {"previous": previous_checkpoint(params, trunk, step), "tokenizer": [paths.tokenizer_dir()],
-            "tokens": training_tokens(params, trunk)}
+            "tokens": training_tokens(params, trunk), "init": init_files(params, trunk)}
 
 
 def _decay_inputs(params: Params, branch: str) -> Inputs:
+    trunk = params.trunk_of(f"decay-{branch}")
     return {"parent": [paths.model_dir(params.decays[branch].parent)], "tokenizer": [paths.tokenizer_dir()],
-            "tokens": training_tokens(params, params.trunk_of(f"decay-{branch}"))}
+            "tokens": training_tokens(params, trunk), "init": init_files(params, trunk)}
 
 
 def _merge_inputs(params: Params, name: str) -> Inputs:

@@ -22,7 +22,7 @@ import yaml
 
 from tests.conftest import TINY_PARAMS, copy_repo, run
 from tests.engines import dvc_jobs, snakemake_jobs
-from tests.invalidation import (USER_CLASSIFIER, USER_TOKENIZER, Edit, expand, expected, job_inputs, normalized, perturbations, plans,
+from tests.invalidation import (USER_CLASSIFIER, USER_HF, USER_TOKENIZER, Edit, expand, expected, job_inputs, normalized, perturbations, plans,
                                 related, set_key, untracked, write_study)
 from workflow import paths, stages
 from workflow.engines import dvc as dvc_engine
@@ -53,6 +53,7 @@ def study(tmp_path_factory) -> Study:
     shutil.copy(repo / paths.tokenizer_file(), repo / USER_TOKENIZER)  # for the `tokenizer.path` perturbation
     scorer = next(iter(yaml.safe_load((repo / "params.yaml").read_text())["quality"]["scorers"]))
     shutil.copy(repo / paths.classifier_dir(scorer) / "model.bin", repo / USER_CLASSIFIER)  # for a ready classifier
+    run([sys.executable, "-m", "workflow", "export-hf", "--model", "main@12", "--out", USER_HF], repo)  # for `from_hf`
     return Study(repo, recorded)
 
 

@@ -10,7 +10,7 @@ import torch
 
 from tests.unit.conftest import train_params_dict
 from tests.unit.test_evaluate import MODEL, build_study
-from workflow import export
+from workflow import export, hf
 from workflow.params import parse_params
 
 TOLERANCE = 1e-4  # max abs logit difference, fp32
@@ -39,19 +39,20 @@ def in_export(exported, monkeypatch):
 
 
 def test_split_qkv_follows_megatrons_grouped_layout():
-    """Fused rows are [q heads of group 0 | k0 | v0 | q heads of group 1 | k1 | v1 ...], head_dim rows each."""
+    """Fused rows are [q heads of group 0 | k0 | v0 | q heads of group 1 | k1 | v1 ...], head_dim rows each; fusing undoes it."""
     heads, groups, head_dim, hidden = 6, 2, 3, 4
     per_group = heads // groups
     rows = [(kind, g, j) for g in range(groups) for kind, j in [("q", h) for h in range(per_group)] + [("k", 0), ("v", 0)]]
     code = {r: i for i, r in enumerate(rows)}  # each (kind, group, head) gets a distinct number in its rows
     qkv = torch.tensor([[float(code[r])] * hidden for r in rows for _ in range(head_dim)])
-    q, k, v = export.split_qkv(qkv, heads, groups, head_dim)
+    q, k, v = hf.split_qkv(qkv, heads, groups, head_dim)
     assert q.shape == (heads * head_dim, hidden) and k.shape == v.shape == (groups * head_dim, hidden)
     for h in range(heads):  # HF query head h belongs to kv group h // per_group
         assert (q[h * head_dim:(h + 1) * head_dim] == code[("q", h // per_group, h % per_group)]).all()
     for g in range(groups):
         assert (k[g * head_dim:(g + 1) * head_dim] == code[("k", g, 0)]).all()
         assert (v[g * head_dim:(g + 1) * head_dim] == code[("v", g, 0)]).all()
+    assert torch.equal(hf.fuse_qkv(q, k, v, heads, groups, head_dim), qkv)  # the import's inverse
 
 
 @pytest.mark.parametrize("tied", [True, False])
@@ -68,12 +69,10 @@ def test_converted_weights_give_the_same_logits(train_study, tied):
     backend, tokenizer = setup(params)
     torch.manual_seed(0)
     gpt = build_model(params.model, backend, tokenizer.vocab_size).eval()
-    config = gpt.config
     state = {k: v for k, v in gpt.state_dict().items() if isinstance(v, torch.Tensor)}
     assert ("output_layer.weight" in state) != tied
-    llama = LlamaForCausalLM(export.llama_config(params, config, gpt.embedding.word_embeddings.weight.shape[0], tokenizer.eod)).eval()
-    llama.load_state_dict(export.llama_state_dict(state, config.num_layers, config.num_attention_heads,
-                                                  config.num_query_groups, config.kv_channels, tied), strict=True)
+    llama = LlamaForCausalLM(hf.llama_config(params.model, gpt.embedding.word_embeddings.weight.shape[0], tokenizer.eod)).eval()
+    llama.load_state_dict(hf.to_llama(state, hf.Shape.of(params.model)), strict=True)
     tokens = torch.randint(0, tokenizer.vocab_size, (2, params.model.seq_length))
     with torch.no_grad():
         ours = gpt(tokens, torch.arange(tokens.size(1)).expand_as(tokens), None)

@@ -114,7 +114,7 @@ def describe(params: Params, model_id: str) -> tuple[str, str, int]:
     if kind not in ("decay", "merge"):
         step, t = int(key), params.trunk
         prev = [c for c in t.checkpoints if c < step]
-        start = f"continues {kind}@{prev[-1]}" if prev else "from scratch"
+        start = f"continues {kind}@{prev[-1]}" if prev else f"from {t.from_hf} (Hugging Face)" if t.from_hf else "from scratch"
         lr = "constant LR" if t.schedule == "wsd" else f"{t.schedule} to {t.final_lr_ratio * t.lr:g} at step {t.checkpoints[-1]}"
         return "trunk", f"trunk {kind} to step {step} ({start}, {lr})", step - (prev[-1] if prev else 0)
     if kind == "decay":

@@ -59,9 +59,10 @@ class CheckpointError(StageError):
 
 def fingerprint_inputs(params: Params, branch: str | None = None) -> dict:
     """Everything that determines a trunk's (or a decay branch's) weights: the architecture, the precision
-    path actually used (cpu = fp32, gpu = bf16 + fp8 settings), the optimisation settings, the tokenizer
-    and the token files' bytes. Not the process layout (`model.parallel`): megatron checkpoints reshard,
-    so a run may continue at another TP size (same math, different float summation order)."""
+    path actually used (cpu = fp32, gpu = bf16 + fp8 settings), the optimisation settings, the tokenizer,
+    the token files' bytes and those of the Hugging Face checkpoint it starts from (`trunk.from_hf`). Not the
+    process layout (`model.parallel`): megatron checkpoints reshard, so a run may continue at another TP size
+    (same math, different float summation order)."""
     from workflow.train.backend import choose
     from workflow.train.data import verify_tokens
 
@@ -77,6 +78,10 @@ def fingerprint_inputs(params: Params, branch: str | None = None) -> dict:
                         "bin_sha256": integrity.sha256(f"{prefix}.bin")}
     inputs = {"model": model, "trunk": trunk, "tokenizer_sha256": integrity.sha256(paths.tokenizer_file()),
               "tokens": data}
+    if params.trunk.from_hf:  # the weights it started from: replaced files retrain the trunk, in DVC's chain too
+        from workflow import hf
+
+        inputs["from_hf"] = hf.digest(params.trunk.from_hf)
     if branch is not None:
         inputs["decay"] = params.decays[branch].model_dump(mode="json")
         parent = params.decays[branch].parent

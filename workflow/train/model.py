@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 
 from workflow.params import Model
-from workflow.shapes import ffn_size, padded_vocab_size
+from workflow.shapes import NORM_EPS, ffn_size, padded_vocab_size
 
 if TYPE_CHECKING:  # annotations only: backend.py imports this module, not the other way round
     from workflow.train.backend import Backend
@@ -34,6 +34,7 @@ def transformer_config(model: Model, config_kwargs: dict, tp: int = 1, pp: int =
         num_query_groups=model.num_query_groups or model.num_attention_heads,
         ffn_hidden_size=ffn_size(model),
         normalization="RMSNorm",
+        layernorm_epsilon=NORM_EPS,
         gated_linear_unit=True,
         activation_func=F.silu,
         add_bias_linear=False,

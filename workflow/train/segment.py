@@ -2,8 +2,8 @@
 
 1. start: from the segment's scratch save (a resume point of a killed earlier attempt, used only if its
    fingerprint matches and it lies inside the segment), else from the parent model dir (then `enter`, a
-   decay's branch-point setup), else where the session already is (a fresh start, or the DVC trunk chain
-   continuing in memory);
+   decay's branch-point setup), else where the session already is (a fresh start, then `init`: a trunk's
+   imported weights; or the DVC trunk chain continuing in memory);
 2. check what is about to be trained against params.yaml and the start's `meta.json` (`preflight`);
 3. train to `end_step`, saving a resume point to the scratch dir every `trunk.save_interval` steps;
 4. save the model dir atomically, then drop the scratch dir and what killed writers left (their
@@ -34,6 +34,7 @@ class Segment:
     lineage: dict
     keep_parent_log: bool = True  # the trunk's log is cumulative; a branch's starts at the branch point
     enter: Callable[[Session], None] | None = None  # applied once when starting from the parent (a branch point)
+    init: Callable[[Session], None] | None = None  # applied once on a fresh start (step 0, no parent): `from_hf`
 
 
 def say(message: str) -> None:
@@ -56,6 +57,8 @@ def start(session: Session, segment: Segment) -> dict | None:
         session.restore(segment.parent, keep_log=segment.keep_parent_log)
         if segment.enter:
             segment.enter(session)
+    elif segment.parent is None and session.step == 0 and segment.init:
+        segment.init(session)
     return parent_meta
 
 

@@ -8,6 +8,10 @@ Two ways to run it (same results, bit for bit):
   order, reusing complete ones whose fingerprint matches, retraining stale ones (from the last valid
   checkpoint before them), deleting unlisted ones.
 
+With `trunk.from_hf` the first segment starts from a Hugging Face Llama checkpoint (`workflow/hf.py`) instead of a
+random init: its weights, a fresh optimizer, the trunk's warmup (0 to `lr` over `warmup_steps`) as the re-warm,
+steps counted from 0. Its config and tokenizer are checked before anything is built.
+
 Each segment goes through the shared runner (`segment.py`): resume points every `trunk.save_interval`
 steps under `artifacts/.scratch/trunk/<name>/step-<N>` (a rerun after a crash, even SIGKILL, continues from one
 and ends with the same weights as an uninterrupted run), and the preflight check before its first step.
@@ -16,8 +20,10 @@ Heavy imports (torch, megatron) happen inside the functions: the stage table imp
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -36,7 +42,8 @@ def previous(inputs: Inputs) -> int | None:
 def lineage(params: Params, step: int, prev: int | None) -> dict:
     t, name = params.trunk, params.trunk_name
     return {"kind": "trunk", "trunk": name, "from": f"{name}@{prev}" if prev else None, "step": step, "seed": t.seed,
-            "lr": t.lr, "warmup_steps": t.warmup_steps, "mixture": t.mixture, "schedule": t.schedule}
+            "lr": t.lr, "warmup_steps": t.warmup_steps, "mixture": t.mixture, "schedule": t.schedule,
+            "from_hf": t.from_hf}
 
 
 def segment(params: Params, step: int, prev: int | None, fingerprint: str):
@@ -46,7 +53,45 @@ def segment(params: Params, step: int, prev: int | None, fingerprint: str):
     return runner.Segment(model_id=f"{name}@{step}", kind="trunk", end_step=step,
                           parent=paths.trunk_dir(name, prev) if prev is not None else None, out=paths.trunk_dir(name, step),
                           scratch=paths.scratch_dir("trunk", f"{name}/step-{step}"), fingerprint=fingerprint,
-                          lineage=lineage(params, step, prev))
+                          lineage=lineage(params, step, prev),
+                          init=from_hf(params) if prev is None and params.trunk.from_hf else None)
+
+
+@contextlib.contextmanager
+def naming_from_hf(params: Params) -> Iterator[None]:
+    """An import's refusal names the key that asked for it."""
+    from workflow.hf import HfImportError
+
+    try:
+        yield
+    except HfImportError as err:
+        raise HfImportError(f"trunks.{params.trunk_name}.from_hf: {err}") from None
+
+
+def check_import(params: Params) -> None:
+    """Before anything is built: the trunk's `from_hf` checkpoint is this model, over the study's tokenizer."""
+    from workflow import hf
+
+    with naming_from_hf(params):
+        hf.check(params.trunk.from_hf, params.model, f"trunks.{params.trunk_name}.model", paths.tokenizer_file())
+
+
+def from_hf(params: Params):
+    """The fresh start of a `from_hf` trunk: the checkpoint's weights into the session's model, then a fresh
+    optimizer (megatron's mixed-precision optimizers copy the weights they start from when built)."""
+    def init(session) -> None:
+        from workflow import hf
+        from workflow.train.distributed import is_main
+
+        with naming_from_hf(params):
+            hf.load_into(session.model, params.trunk.from_hf, params.model, session.tokenizer.vocab_size,
+                         f"trunks.{params.trunk_name}.model")
+        session.reset_optimizer()
+        if is_main():
+            print(f"{params.trunk_name}: starting from {params.trunk.from_hf} (Hugging Face Llama), fresh optimizer, "
+                  f"warmup to lr {params.trunk.lr:g} over {params.trunk.warmup_steps} steps", flush=True)
+
+    return init
 
 
 def run(params: Params, trunk: str, step: int, *, inputs: Inputs) -> None:
@@ -57,8 +102,10 @@ def run(params: Params, trunk: str, step: int, *, inputs: Inputs) -> None:
 
     params = params.at(trunk)
     setup(params, params.model.parallel)  # process group first: every rank sees the same plan
-    fingerprint = ckpt.fingerprint(params)
     prev = previous(inputs)
+    if prev is None and params.trunk.from_hf:
+        check_import(params)
+    fingerprint = ckpt.fingerprint(params)
     if prev is not None:
         problem = ckpt.check(paths.trunk_dir(trunk, prev), fingerprint)
         if problem:
@@ -79,6 +126,8 @@ def run_all(params: Params, segments: list[tuple[dict[str, Any], Inputs]]) -> No
     name = segments[0][0]["trunk"]
     params = params.at(name)
     setup(params, params.model.parallel)
+    if params.trunk.from_hf:
+        check_import(params)
     fingerprint = ckpt.fingerprint(params)
     chain = [(key["step"], previous(inputs)) for key, inputs in segments]
     root = Path(paths.trunk_root(name))
