@@ -18,7 +18,8 @@ import torch
 import yaml
 
 from tests.unit.conftest import train_params_dict, write_train_inputs
-from workflow import export, hf, paths, report, stages
+from workflow import export, hf, paths, stages
+from workflow.report.collect import describe
 from workflow.io import read_json
 from workflow.params import ParamsError, parse_params
 from workflow.train import checkpoint as ckpt
@@ -216,7 +217,7 @@ def test_a_trunk_starts_from_the_import_trains_and_evaluates(here):
     assert lrs == pytest.approx([5e-4, 1e-3, 1e-3, 1e-3])  # the re-warm: the trunk's warmup from 0 to its lr
     meta = ckpt.read_meta(paths.trunk_dir("cont", 2))
     assert meta["lineage"]["from_hf"] == "hf" and meta["lineage"]["from"] is None and meta["step"] == 2
-    assert "trunk cont to step 2 (from hf (Hugging Face)" in report.describe(params, "cont@2")[1]
+    assert "trunk cont to step 2 (from hf (Hugging Face)" in describe(params, "cont@2")[1]
     Path("params.yaml").write_text(yaml.safe_dump(continued()))
     done = subprocess.run([sys.executable, "-m", "workflow", "evaluate", "--model", "cont@4"], capture_output=True, text=True)
     assert done.returncode == 0, done.stderr[-3000:]
