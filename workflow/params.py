@@ -473,6 +473,9 @@ def _named_trunks(data: Any) -> Any:
             continue
         over = over or {}
         own_model = over.get("model") if isinstance(over.get("model"), dict) else {}
+        if "parallel" in own_model:  # the CLI's launch and the cluster's requests are per stage, not per trunk
+            raise ValueError(f"trunks.{name}.model.parallel: every trunk runs with the process layout of "
+                             f"`model.parallel`; set it there")
         out[name] = {**base, **{k: v for k, v in over.items() if k != "model"}, "model": {**model, **own_model},
                      "declared": tuple(over)}
     return {**data, "trunks": out}
