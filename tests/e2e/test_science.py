@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import re
 import sys
 import time
 from pathlib import Path
@@ -91,3 +92,21 @@ def test_upsampled_decay_beats_its_twin_on_that_domain(default_study):
         up, base = heldout(repo, f"decay-{branch}", domain), heldout(repo, f"decay-{twin}", domain)
         print(f"{domain} held-out loss: decay-{branch} {up:.4f} vs twin decay-{twin} {base:.4f}")
         assert up < base, (branch, twin, domain, up, base)
+
+
+def test_report_compares_the_trunks(default_study):
+    """The report's Compute section on the default study: every model by compute, WSD + decay against the cosine
+    baseline at equal compute (either verdict, stated), the trunks that differ in one setting at their shared
+    step, the seed noise floor; every science check states whether it clears that floor."""
+    params, repo = default_study
+    md = (repo / paths.report_file()).read_text()
+    compute = md.split("\n## Compute\n")[1]
+    assert all(f"| {model} |" in compute for model in params.model_ids())
+    verdict = re.search(r"^\| cosine@330 \| cosine \|.*\| (WSD matches or beats|WSD worse)[^|]*\|$", compute, flags=re.M)
+    assert verdict, compute
+    print(verdict[0])
+    assert "| main vs lr_low | 200 | lr: 0.003 vs 0.0015 |" in compute and "| main vs seed2 | 200 | seed: 1234 vs 4321 |" in compute
+    assert re.search(r"^Seed noise floor: \d\.\d{4} ", compute, flags=re.M)
+    checks = md.split("\n## Science check\n")[1].split("\n## ")[0]
+    rows = [line for line in checks.splitlines() if re.search(r"\| (PASS|FAIL)", line)]
+    assert rows and all(re.search(r"(clears|within) the seed noise floor", row) for row in rows), rows

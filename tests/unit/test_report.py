@@ -285,3 +285,39 @@ def test_models_that_differ_only_in_data_side_by_side(tmp_path, monkeypatch):
     stages.call(parse_params({**study, "trunks": {"main": {}, "top": {"data": "top"}}}), "report")  # no seed pair: no floor
     assert "| main@20 vs top@20 | whole corpus vs top | all | 3.5000 | 3.3000 | +0.2000 | — |" in \
         Path(paths.report_file()).read_text()
+
+
+def test_compute_section_compares_trunks_at_equal_steps_and_compute(tmp_path, monkeypatch):
+    """Compute: every model's FLOPs (tokens x FLOPs per token), the frontier, WSD + decay vs a cosine baseline at
+    equal compute, trunks differing in one setting at their last shared checkpoint, the seed noise floor; every
+    science check says whether it clears that floor."""
+    from workflow.shapes import flops_per_token
+
+    monkeypatch.chdir(tmp_path)
+    params = parse_params({
+        "sources": {"p": {"paths": ["x"], "domain": "prose"}, "c": {"paths": ["y"], "domain": "code"}},
+        "model": {"seq_length": 8},
+        "trunk": {"checkpoints": [10, 20], "global_batch_size": 4, "micro_batch_size": 2, "lr": 0.003},
+        "trunks": {"main": {}, "lr_low": {"lr": 0.0015, "checkpoints": [10]}, "seed2": {"seed": 7, "checkpoints": [10]},
+                   "cos": {"schedule": "cosine", "checkpoints": [24], "warmup_steps": 2}},
+        "decays": {"late": {"from": "main@20", "steps": 4}},
+    })
+    losses = {"main@10": 4.0, "main@20": 3.5, "lr_low@10": 4.3, "seed2@10": 4.1, "cos@24": 3.45, "decay-late": 3.3}
+    for model_id, loss in losses.items():
+        write_log(model_id, range(1, 3))
+        write_eval(model_id, loss)
+    stages.call(params, "report")
+    md = Path(paths.report_file()).read_text()
+    compute = md.split("## Compute")[1]
+    per_token = flops_per_token(params.model, params.tokenizer.vocab_size)
+    assert f"| decay-late | main | {24 * TOKENS_PER_STEP:,} | {24 * TOKENS_PER_STEP * per_token:.3e} | 3.3000 |" in compute
+    assert "frontier (lowest loss so far by compute): main@10, main@20, decay-late." in compute  # cos@24: same compute
+    assert re.search(r"\| cos@24 \| cosine \| \S+ \| 3\.4500 \| decay-late \| \S+ \| 3\.3000 \| -0\.1500 \| WSD matches or beats \|",
+                     compute), compute
+    # lr_low and seed2 stop at 10: compared with main@10, not main@20
+    assert "| main vs lr_low | 10 | lr: 0.003 vs 0.0015 | 4.0000 | 4.3000 | -0.3000 | yes |" in compute
+    assert "| main vs seed2 | 10 | seed: 1234 vs 7 | 4.0000 | 4.1000 | -0.1000 | — |" in compute
+    assert "Seed noise floor: 0.1000" in compute
+    checks = md.split("## Science check")[1].split("##")[0]
+    assert "| decay beats its branch point | decay-late | main@20 |" in checks and "clears the seed noise floor 0.1000" in checks
+    assert (Path(paths.report_dir()) / "plots/lr.png").read_bytes().startswith(PNG_MAGIC)

@@ -107,10 +107,21 @@ def differing(params: Params) -> dict[tuple[str, str], list[str]]:
             for i, a in enumerate(names) for b in names[i + 1:]}
 
 
+def shared_step(params: Params, *trunks: str) -> int | None:
+    """The last checkpoint step every one of `trunks` has (where they are compared), None when they share none."""
+    common = set.intersection(*(set(params.trunks[t].checkpoints) for t in trunks))
+    return max(common) if common else None
+
+
 def noise_floor(params: Params, models: list[Model], domain: str = "all") -> float | None:
-    """The largest held-out loss gap (on `domain`) between the last checkpoints of trunks that differ only in seed."""
+    """The largest held-out loss gap (on `domain`) between trunks that differ only in seed, at their last shared
+    checkpoint."""
     by_id = {m.id: m for m in models}
-    last = lambda t: by_id[params.trunk_ids(t)[-1]].heldout.get(domain, {}).get("loss")  # noqa: E731
-    gaps = [abs(last(a) - last(b)) for (a, b), keys in differing(params).items()
-            if keys == ["seed"] and last(a) is not None and last(b) is not None]
+    gaps = []
+    for (a, b), keys in differing(params).items():
+        step = shared_step(params, a, b)
+        if keys == ["seed"] and step is not None:
+            la, lb = (by_id[f"{t}@{step}"].heldout.get(domain, {}).get("loss") for t in (a, b))
+            if la is not None and lb is not None:
+                gaps.append(abs(la - lb))
     return max(gaps) if gaps else None

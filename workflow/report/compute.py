@@ -10,7 +10,7 @@ from pathlib import Path
 from workflow import cost, integrity, paths
 from workflow.io import read_json
 from workflow.params import Params
-from workflow.report.checks import differing, settings
+from workflow.report.checks import differing, settings, shared_step
 from workflow.report.collect import Model, flops_per_token, tokens_per_step
 
 
@@ -47,9 +47,9 @@ def measured_cost(params: Params, models: list[Model]) -> str:
 
 
 def frontier_of(models: list[Model]) -> list[str]:
-    """Models with a lower loss than every model of less compute."""
+    """Models with a lower loss than every model of less or equal compute."""
     out, best = [], math.inf
-    for m in sorted(models, key=lambda m: m.flops):
+    for m in sorted(models, key=lambda m: (m.flops, m.loss)):
         if m.loss < best:
             out.append(m.id)
             best = m.loss
@@ -57,10 +57,12 @@ def frontier_of(models: list[Model]) -> list[str]:
 
 
 def lr_points(params: Params, models: list[Model]) -> list[tuple[float, float, str]]:
-    """(peak LR, last checkpoint's loss, trunk) of every trunk in a pair that differs only in peak LR."""
+    """(peak LR, held-out loss, trunk) of every trunk in a pair that differs only in peak LR, at the last checkpoint
+    they all share (none without one)."""
     by_id = {m.id: m for m in models}
-    names = {t for pair, keys in differing(params).items() if keys == ["lr"] for t in pair}
-    return [(params.trunks[t].lr, by_id[params.trunk_ids(t)[-1]].loss, t) for t in sorted(names)]
+    names = sorted({t for pair, keys in differing(params).items() if keys == ["lr"] for t in pair})
+    step = shared_step(params, *names) if names else None
+    return [] if step is None else [(params.trunks[t].lr, by_id[f"{t}@{step}"].loss, t) for t in names]
 
 
 def fit_power_law(compute: list[float], loss: list[float]) -> tuple[float, float, float]:
@@ -118,16 +120,17 @@ def compute_lines(params: Params, models: list[Model], floor: float | None) -> l
             out.append(f"| {b.id} | {params.trunks[b.trunk].schedule} | {b.flops:.3e} | {b.loss:.4f} | {w.id} | "
                        f"{w.flops:.3e} | {w.loss:.4f} | {delta:+.4f} | {verdict} |")
     by_id = {m.id: m for m in models}
-    pairs = {pair: keys for pair, keys in differing(params).items() if len(keys) == 1}
+    pairs = {(a, b, step): keys for (a, b), keys in differing(params).items()
+             if len(keys) == 1 and (step := shared_step(params, a, b)) is not None}
     if not pairs:
-        out += ["", "Trunks that differ in one setting: none."]
+        out += ["", "Trunks that differ in one setting: none (with a checkpoint step in common)."]
     else:
-        out += ["", "Trunks that differ in one setting (last checkpoints):", "",
-                "| trunks | setting | loss | loss | Δ | beyond noise |", "| --- | --- | ---: | ---: | ---: | --- |"]
-        for (a, b), keys in pairs.items():
-            la, lb = by_id[params.trunk_ids(a)[-1]].loss, by_id[params.trunk_ids(b)[-1]].loss
+        out += ["", "Trunks that differ in one setting (at their last shared checkpoint):", "",
+                "| trunks | step | setting | loss | loss | Δ | beyond noise |", "| --- | ---: | --- | ---: | ---: | ---: | --- |"]
+        for (a, b, step), keys in pairs.items():
+            la, lb = by_id[f"{a}@{step}"].loss, by_id[f"{b}@{step}"].loss
             beyond = "—" if floor is None or keys == ["seed"] else ("yes" if abs(la - lb) > floor else "no")
-            out.append(f"| {a} vs {b} | {keys[0]}: {settings(params, a)[keys[0]]} vs {settings(params, b)[keys[0]]} | "
+            out.append(f"| {a} vs {b} | {step} | {keys[0]}: {settings(params, a)[keys[0]]} vs {settings(params, b)[keys[0]]} | "
                        f"{la:.4f} | {lb:.4f} | {la - lb:+.4f} | {beyond} |")
     out += [""] + size_fit_lines(params, models)
     out += ["", f"Seed noise floor: {floor:.4f} (largest held-out loss gap between trunks differing only in seed)." if floor is not None

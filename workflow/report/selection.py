@@ -9,7 +9,7 @@ from pathlib import Path
 from workflow import paths
 from workflow.io import read_json
 from workflow.params import Params, parse_model_id
-from workflow.report.checks import differing, noise_floor
+from workflow.report.checks import differing, noise_floor, shared_step
 from workflow.report.collect import Model, domains_of
 
 SELECTION_HEADER = ["selection", "source", "scorer", "rule", "docs kept", "of", "kept %", "lowest kept score", "tokens kept"]
@@ -80,8 +80,8 @@ def data_pairs(params: Params, models: list[Model]) -> list[tuple[Model, Model]]
     for (a, b), keys in differing(params).items():
         if keys != ["data"]:
             continue
-        shared = [s for s in params.trunks[a].checkpoints if s in params.trunks[b].checkpoints]
-        lefts = [f"{a}@{shared[-1]}"] if shared else []
+        step = shared_step(params, a, b)
+        lefts = [f"{a}@{step}"] if step is not None else []
         lefts += [m.id for m in models if m.kind == "decay" and m.trunk == a]
         out += [(by_id[x], by_id[y]) for x in lefts if (y := counterpart(params, x, b))]
     return out
