@@ -456,6 +456,15 @@ class Dvc(Section):
     checkpoints: Literal["cache", "manifest"] = Field("cache", description="cache: DVC hashes and caches every model directory (pushed to a remote like any output); manifest: DVC tracks each model directory by its meta.json alone, which lists every file's size and SHA-256 and is checked on every load, so a checkpoint of any size costs DVC one small file (checkpoints then stay on the filesystem: not cached, not pushed).")
 
 
+def _layout(value: Any) -> Any:
+    """A `parallel` mapping with its defaults filled in, for comparison; as given when it is not valid (the schema
+    then names what is wrong)."""
+    try:
+        return Parallel.model_validate(value or {})
+    except ValueError:
+        return value
+
+
 def _named_trunks(data: Any) -> Any:
     """`trunks` resolved: each named trunk is `trunk` with its overrides (any `trunk` key, and `model` keys under
     `model`); a study without `trunks` has one trunk, `main`. Overrides replace whole values (a mixture too)."""
@@ -473,7 +482,8 @@ def _named_trunks(data: Any) -> Any:
             continue
         over = over or {}
         own_model = over.get("model") if isinstance(over.get("model"), dict) else {}
-        if "parallel" in own_model:  # the CLI's launch and the cluster's requests are per stage, not per trunk
+        if "parallel" in own_model and _layout(own_model["parallel"]) != _layout(model.get("parallel")):
+            # the CLI's launch and the cluster's requests are per stage, not per trunk
             raise ValueError(f"trunks.{name}.model.parallel: every trunk runs with the process layout of "
                              f"`model.parallel`; set it there")
         out[name] = {**base, **{k: v for k, v in over.items() if k != "model"}, "model": {**model, **own_model},

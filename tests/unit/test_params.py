@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import json
 import sys
 
 import pytest
@@ -116,6 +117,8 @@ def test_named_trunks_override_any_trunk_and_model_key(study):
     assert list(p.trunks) == ["main"]  # no `trunks`: one trunk, main
     assert (p.start_step("dd"), p.decay_steps("dd"), p.end_step("dd")) == (14, 7, 21)  # a branch of a decay
     assert p.trunk_of("decay-dd") == "main"
+    p = parse_params(json.loads(json.dumps(parse_params(study).model_dump(mode="json", by_alias=True))))
+    assert p.trunks["wide"].model.parallel == p.model.parallel  # every trunk holds the shared layout: round trip
     study["trunks"]["wide"]["model"]["parallel"] = {"tp": 2}  # launch and cluster requests are per stage
     with pytest.raises(ParamsError, match=r"trunks\.wide\.model\.parallel: every trunk runs with .*model\.parallel"):
         parse_params(study)
