@@ -53,12 +53,19 @@ def clone_study(src: Path, dest: Path) -> Path:
     return dest
 
 
+def recorded_reads(study: Path) -> Path:
+    """Where the jobs of the session's tiny study recorded the params they read (workflow/reads.py), beside it."""
+    return study.parent / f"{study.name}-reads"
+
+
 @pytest.fixture(scope="session")
 def tiny_study(tmp_path_factory) -> Path:
     """`make study` (what `make run` runs after installing) on the tiny study, once per session: Snakemake runs it,
-    DVC records it. The uninterrupted reference: tests that edit or rerun a study work on a `clone_study` copy."""
+    DVC records it, every job records the params it read (`recorded_reads`). The uninterrupted reference: tests
+    that edit or rerun a study work on a `clone_study` copy."""
     repo = copy_repo(tmp_path_factory.mktemp("tiny-study"), TINY_PARAMS)
-    out = run(["make", "study", f"VENV={Path(sys.executable).parent.parent}", "CORES=2"], repo).stdout
+    out = run(["make", "study", f"VENV={Path(sys.executable).parent.parent}", "CORES=2"], repo,
+              env={"ARBOR_RECORD_READS": str(recorded_reads(repo)), "SLURM_CONF": "/dev/null"}).stdout
     assert f"report: {repo}/reports/summary.md" in out
     return repo
 
@@ -76,7 +83,7 @@ def load_yaml(path: Path) -> dict:
 
 
 # Modules that share the session's `tiny_study` (one `make study`): pytest-xdist must run them on one worker.
-TINY_STUDY_MODULES = ("tests/e2e/test_study.py", "tests/faults/test_kills.py")
+TINY_STUDY_MODULES = ("tests/e2e/test_study.py", "tests/faults/test_kills.py", "tests/integration/test_invalidation.py")
 
 
 @pytest.hookimpl(optionalhook=True)  # pytest-xdist's hook: fine without xdist installed

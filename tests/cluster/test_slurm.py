@@ -150,16 +150,17 @@ def running_jobs(run_id: str) -> list[str]:
 
 
 @pytest.fixture(scope="module")
-def stopped_run(slurm, tmp_path_factory) -> dict:
+def stopped_run(slurm, cluster_run, tmp_path_factory) -> dict:
     """One trunk segment through `snakemake --profile cluster` with a 1-minute walltime (`resources.trunk.runtime`),
     requeued once (`scontrol requeue`, as a preemption does) while it trains, then stopped by its walltime: SLURM
-    sends SIGTERM, waits KillWait, then SIGKILLs. Meanwhile the same segment trains uninterrupted on this host."""
+    sends SIGTERM, waits KillWait, then SIGKILLs. Meanwhile the same segment trains uninterrupted on this host.
+    It starts from a copy of the cluster study (same data: only its trunk settings change, so only trunk jobs run)."""
     params = micro_params()
     params["trunk"].update(checkpoints=[SEGMENT], save_interval=SEGMENT)  # no resume point but SIGTERM's
     params["resources"] = {"trunk": {"cpus": 1, "mem_mb": 1500, "runtime": 1, "partition": "debug"}}
-    repo = copy_repo(tmp_path_factory.mktemp("stopped") / "repo", params)
+    repo = clone_study(cluster_run[0], tmp_path_factory.mktemp("stopped") / "repo")
+    (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     run([sys.executable, "-m", "workflow", "dvc-yaml"], repo)
-    run([sys.executable, "-m", "snakemake", "--profile", "profiles/local", "--cores", "2", "--until", "tokenize"], repo)
     reference = clone_study(repo, repo.parent / "uninterrupted")
     uninterrupted = subprocess.Popen([sys.executable, "-m", "workflow", "trunk", "--trunk", "main", "--step", str(SEGMENT)],
                                      cwd=reference, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)

@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.conftest import TINY_PARAMS, copy_repo, run
+from tests.conftest import clone_study, recorded_reads, run
 from tests.engines import dvc_jobs, snakemake_jobs
 from tests.invalidation import (USER_CLASSIFIER, USER_HF, USER_TOKENIZER, Edit, expand, expected, job_inputs, normalized, perturbations, plans,
                                 related, set_key, untracked, write_study)
@@ -43,13 +43,10 @@ class Study:
 
 
 @pytest.fixture(scope="module")
-def study(tmp_path_factory) -> Study:
-    """`make study` on the tiny study with every stage recording what it reads."""
-    base = tmp_path_factory.mktemp("recorded")
-    repo = copy_repo(base / "repo", TINY_PARAMS)
-    run(["make", "study", f"VENV={Path(sys.executable).parent.parent}", "CORES=2"], repo,
-        env={"ARBOR_RECORD_READS": str(base / "reads"), "SLURM_CONF": "/dev/null"})
-    recorded = {f.stem: json.loads(f.read_text()) for f in (base / "reads").glob("*.json")}
+def study(tiny_study, tmp_path_factory) -> Study:
+    """A copy of the session's tiny study (`make study`, every stage recorded what it read)."""
+    repo = clone_study(tiny_study, tmp_path_factory.mktemp("recorded") / "repo")
+    recorded = {f.stem: json.loads(f.read_text()) for f in recorded_reads(tiny_study).glob("*.json")}
     shutil.copy(repo / paths.tokenizer_file(), repo / USER_TOKENIZER)  # for the `tokenizer.path` perturbation
     scorer = next(iter(yaml.safe_load((repo / "params.yaml").read_text())["quality"]["scorers"]))
     shutil.copy(repo / paths.classifier_dir(scorer) / "model.bin", repo / USER_CLASSIFIER)  # for a ready classifier
