@@ -16,7 +16,6 @@ import sys
 from pathlib import Path
 
 import pytest
-import yaml
 
 from tests.cluster.study import micro_params
 from tests.conftest import copy_repo, run

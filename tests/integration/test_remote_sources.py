@@ -20,8 +20,8 @@ import zstandard
 from tests.conftest import ROOT, copy_repo, run
 from tests.servers import FlakyProxy
 from workflow import stages
-from workflow import curate, paths
-from workflow.curate import remote, shard
+from workflow import paths
+from workflow.curate import remote
 from workflow.curate.readers import InvalidLog, Reader, input_entry, remote_manifest, write_manifest
 from workflow.io import read_json, read_jsonl
 from workflow.params import parse_params

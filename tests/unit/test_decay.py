@@ -12,7 +12,6 @@ from workflow import stages
 from workflow import paths
 from workflow.params import ParamsError, parse_params
 from workflow.train import checkpoint as ckpt
-from workflow.train import decay, trunk
 from workflow.train.loop import Session
 
 

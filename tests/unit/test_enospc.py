@@ -22,7 +22,7 @@ import yaml
 
 from tests.unit.test_tokenize import HELDOUT, TEXTS, make_params, write_curated
 from workflow import stages
-from workflow import cli, paths, tokenize, tokenizer
+from workflow import cli, paths
 from workflow.errors import DiskFullError
 from workflow.io import atomic_dir, atomic_file, write_json, write_jsonl_zst
 

@@ -20,7 +20,7 @@ import yaml
 
 from tests.unit.conftest import TRAIN_DOMAINS, _train_docs, train_params_dict, write_train_inputs
 from workflow import stages
-from workflow import evaluate, paths
+from workflow import paths
 from workflow.engines import dvc as dvc_engine
 from workflow.errors import StageError
 from workflow.evaluate import taskdata
@@ -34,7 +34,6 @@ LOCAL_TASKS = {"examples": 12, "context_words": 8, "continuation_words": 3}
 
 def build_study(root: Path):
     """In `root` (the cwd): tiny tokenizer/token files, the curated held-out split, main@2 trained, task data."""
-    from workflow.train import trunk
 
     write_train_inputs(root)
     for domain in TRAIN_DOMAINS:  # the held-out documents the token files were built from

@@ -13,7 +13,6 @@ from workflow import stages
 from workflow.evaluate.harness import ArborLM
 from workflow.evaluate.heldout import heldout_metrics
 from workflow.evaluate.model import load_model
-from workflow.train import trunk
 
 
 @pytest.fixture

@@ -19,14 +19,13 @@ import torch
 import yaml
 
 from workflow import stages
-from workflow import cli, curate, integrity, merge, paths, tokenize, tokenizer
+from workflow import cli, integrity, paths
 from workflow.errors import StageError
 from workflow.evaluate.heldout import heldout_metrics
 from workflow.evaluate.model import load_model
 from workflow.io import read_json, write_json
 from workflow.params import parse_params
 from workflow.train import checkpoint as ckpt
-from workflow.train import trunk
 from workflow.train.data import DataStream, TokenizerInfo, domain_weights
 from workflow.train.loop import Session
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import math
 
 import pytest
@@ -13,7 +12,6 @@ from workflow import stages
 from workflow import merge, paths
 from workflow.params import parse_params
 from workflow.train import checkpoint as ckpt
-from workflow.train import trunk
 
 
 @pytest.fixture

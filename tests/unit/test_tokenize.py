@@ -21,7 +21,7 @@ import pytest
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers
 
 from workflow import stages
-from workflow import paths, tokenize, tokenizer
+from workflow import paths, tokenize
 from workflow.io import read_json, write_json, write_jsonl_zst
 from workflow.params import parse_params
 

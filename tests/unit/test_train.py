@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import math
 import shutil
 from pathlib import Path
@@ -12,9 +11,8 @@ import torch
 
 from workflow import stages
 from workflow import paths
-from workflow.params import ParamsError, parse_params
+from workflow.params import ParamsError
 from workflow.train import checkpoint as ckpt
-from workflow.train import decay, trunk
 from workflow.train.loop import Session
 
 

@@ -8,7 +8,7 @@ import torch
 
 from tests.unit.conftest import train_params_dict
 from workflow import cli
-from workflow.params import Model, ParamsError, Parallel, parse_params
+from workflow.params import Model, ParamsError, parse_params
 from workflow.train import backend as be
 from workflow.train.optimizer import ddp_config
 from workflow.shapes import ffn_size, flops_per_token, padded_vocab_size, parameters

@@ -20,7 +20,6 @@ from tests.unit.conftest import train_params_dict
 from workflow import stages
 from workflow import paths
 from workflow.train import checkpoint as ckpt
-from workflow.train import trunk
 
 STEPS, SAVE_INTERVAL = 40, 5
 LEFTOVER = re.compile(r"\.(tmp|old)-\d+$")  # what a killed `atomic_dir` leaves behind

@@ -16,7 +16,6 @@ from workflow import paths
 from workflow.params import parse_params
 from workflow.train import backend as be
 from workflow.train import checkpoint as ckpt
-from workflow.train import decay, trunk
 from workflow.train import optimizer as optim
 from workflow.train.loop import Session
 

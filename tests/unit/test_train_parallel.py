@@ -18,7 +18,6 @@ from workflow import stages
 from workflow import paths
 from workflow.params import parse_params
 from workflow.train import checkpoint as ckpt
-from workflow.train import decay, trunk
 
 
 def run_stage(raw: dict, *argv: str) -> None:

@@ -14,7 +14,7 @@ from workflow import stages
 from workflow import paths
 from workflow.params import parse_params
 from workflow.train import checkpoint as ckpt
-from workflow.train import decay, preflight, trunk
+from workflow.train import preflight
 from workflow.train import optimizer as optim
 from workflow.train.loop import Session
 
