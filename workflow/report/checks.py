@@ -113,6 +113,11 @@ def shared_step(params: Params, *trunks: str) -> int | None:
     return max(common) if common else None
 
 
+def beyond_noise(delta: float, floor: float | None) -> str:
+    """A table cell: whether a loss gap clears the seed noise floor ("yes" / "no"), "—" without a floor."""
+    return "—" if floor is None else ("yes" if abs(delta) > floor else "no")
+
+
 def noise_floor(params: Params, models: list[Model], domain: str = "all") -> float | None:
     """The largest held-out loss gap (on `domain`) between trunks that differ only in seed, at their last shared
     checkpoint."""

@@ -10,7 +10,7 @@ from pathlib import Path
 from workflow import cost, integrity, paths
 from workflow.io import read_json
 from workflow.params import Params
-from workflow.report.checks import differing, settings, shared_step
+from workflow.report.checks import beyond_noise, differing, settings, shared_step
 from workflow.report.collect import Model, flops_per_token, tokens_per_step
 
 
@@ -129,7 +129,7 @@ def compute_lines(params: Params, models: list[Model], floor: float | None) -> l
                 "| trunks | step | setting | loss | loss | Δ | beyond noise |", "| --- | ---: | --- | ---: | ---: | ---: | --- |"]
         for (a, b, step), keys in pairs.items():
             la, lb = by_id[f"{a}@{step}"].loss, by_id[f"{b}@{step}"].loss
-            beyond = "—" if floor is None or keys == ["seed"] else ("yes" if abs(la - lb) > floor else "no")
+            beyond = "—" if keys == ["seed"] else beyond_noise(la - lb, floor)
             out.append(f"| {a} vs {b} | {step} | {keys[0]}: {settings(params, a)[keys[0]]} vs {settings(params, b)[keys[0]]} | "
                        f"{la:.4f} | {lb:.4f} | {la - lb:+.4f} | {beyond} |")
     out += [""] + size_fit_lines(params, models)

@@ -9,7 +9,7 @@ from pathlib import Path
 from workflow import paths
 from workflow.io import read_json
 from workflow.params import Params, parse_model_id
-from workflow.report.checks import differing, noise_floor, shared_step
+from workflow.report.checks import beyond_noise, differing, noise_floor, shared_step
 from workflow.report.collect import Model, domains_of
 
 SELECTION_HEADER = ["selection", "source", "scorer", "rule", "docs kept", "of", "kept %", "lowest kept score", "tokens kept"]
@@ -98,7 +98,6 @@ def data_rows(params: Params, models: list[Model]) -> list[list[str]]:
             la, lb = left.heldout.get(d, {}).get("loss"), right.heldout.get(d, {}).get("loss")
             if la is None or lb is None:
                 continue
-            beyond = "—" if floors[d] is None else ("yes" if abs(la - lb) > floors[d] else "no")
             rows.append([f"{left.id} vs {right.id}", f"{variant(left)} vs {variant(right)}", d,
-                         f"{la:.4f}", f"{lb:.4f}", f"{la - lb:+.4f}", beyond])
+                         f"{la:.4f}", f"{lb:.4f}", f"{la - lb:+.4f}", beyond_noise(la - lb, floors[d])])
     return rows
