@@ -38,6 +38,7 @@ SCRIPTS: dict[str, tuple[list[str], list[str]]] = {
     "tokenize": (["--corpus-mb", "30", "--repeats", "3"], ["--corpus-mb", "1", "--repeats", "1"]),
     "train": (["--steps", "50", "--repeats", "3"],
               ["--steps", "4", "--repeats", "1", "--hidden", "64", "--layers", "2", "--save-interval", "2"]),
+    "threads": (["--steps", "60", "--repeats", "2"], ["--steps", "4", "--repeats", "1", "--hidden", "64"]),
     "merge": (["--repeats", "3"], ["--hidden", "128", "--layers", "2", "--repeats", "1"]),
     "dag_noop": (["--branches", "50", "200", "--repeats", "3"], ["--branches", "6", "--repeats", "1"]),
     "plan_scale": (["--files", "1000", "5000", "25000", "--repeats", "3"], ["--files", "60", "--branches", "4"]),

@@ -71,14 +71,19 @@ def write_corpus(root: Path, vocab: int, tokens: int, seed: int = 0) -> None:
 def study(args: argparse.Namespace):
     from workflow.params import parse_params
 
-    return parse_params({
+    return parse_params(study_raw(args))
+
+
+def study_raw(args: argparse.Namespace) -> dict:
+    """The bench study as params.yaml holds it."""
+    return {
         "sources": {"bench": {"paths": ["unused/*.jsonl"], "domain": "bench"}},
         "tokenizer": {"vocab_size": args.vocab, "eod_token": EOD},
         "model": {"backend": "cpu", "num_layers": args.layers, "hidden_size": args.hidden, "num_attention_heads": args.heads,
                   "num_query_groups": args.heads // 2, "seq_length": args.seq},
         "trunk": {"checkpoints": [args.steps], "global_batch_size": args.global_batch, "micro_batch_size": args.micro_batch,
                   "warmup_steps": 5, "save_interval": args.save_interval, "log_interval": 10},
-    })
+    }
 
 
 def cpu_seconds() -> float:
