@@ -8,8 +8,7 @@ In one throwaway study (bench/train.py's synthetic corpus and model flags), each
 idle or with `--busy` processes spinning (default: half the cores, one pytest-xdist worker's share).
 It prints tokens/s per wall second and per CPU second of the job (its process tree), and the ratio
 one thread / all threads in each condition. OpenMP threads that outnumber the free cores spin at every
-barrier, so beside busy processes all threads are slower per wall second and burn CPU the other jobs need;
-tests/conftest.py gives each xdist worker its share of the cores for that reason.
+barrier, so beside busy processes all threads are slower per wall second and burn CPU the other jobs need.
 """
 
 from __future__ import annotations
