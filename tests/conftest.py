@@ -17,6 +17,18 @@ ROOT = Path(__file__).resolve().parents[1]
 TINY_PARAMS = ROOT / "tests" / "configs" / "tiny" / "params.yaml"
 
 
+def pytest_configure(config) -> None:
+    """pytest-xdist's workers share the cores: each worker, and every job it starts, gets its share of threads
+    (before any test module loads torch). OpenMP threads that outnumber the free cores spin at every barrier:
+    beside one busy core, a trunk job at two threads burns 1.9x the CPU of one thread (bench/threads.py).
+    Snakemake sets OMP_NUM_THREADS per job from the rule's threads; ARBOR_THREADS caps it in the job."""
+    workers = getattr(config, "workerinput", {}).get("workercount")
+    if workers:
+        share = str(max(1, len(os.sched_getaffinity(0)) // int(workers)))
+        os.environ.setdefault("ARBOR_THREADS", share)
+        os.environ.setdefault("OMP_NUM_THREADS", share)
+
+
 def run(cmd: list[str], cwd: Path, check: bool = True, env: dict[str, str] | None = None, **kw) -> subprocess.CompletedProcess:
     """Run a command with the test interpreter's venv first on PATH (plus `env`); on failure show its output."""
     env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}", "PYTHONUNBUFFERED": "1",
