@@ -26,8 +26,14 @@ wildcard_constraints:
 
 def keep_dvc_in_step():
     """dvc.yaml and artifacts/params/ follow params.yaml before any planning (main process only: SLURM job
-    steps re-run Snakemake and must not write)."""
+    steps re-run Snakemake and must not write), unless a DVC command or another run holds the workspace:
+    `dvc repro` may be deleting and rewriting artifacts/params/ (its `resolve` stage) right now."""
     if workflow.remote_exec or not workflow.is_main_process:
+        return
+    busy = lock.holder()
+    if busy:
+        print(f"arbor: {busy} is running in this workspace: dvc.yaml and artifacts/params/ left as they are",
+              file=sys.stderr)
         return
     for written in dvc_engine.sync(PARAMS):
         print(f"arbor: updated {written} from params.yaml", file=sys.stderr)

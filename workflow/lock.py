@@ -61,6 +61,23 @@ def hold_against_dvc(root: str | Path = ".") -> None:
     _held.append(f)
 
 
+def holder(root: str | Path = ".") -> str | None:
+    """Who holds the workspace (`dvc repro (pid N)`, `another snakemake run (pid N)` ...) without taking it;
+    None when it is free or this process holds it. The probe is a shared `flock`, dropped at once: a DVC
+    command that starts in that instant retries (DVC's lock does)."""
+    tmp = Path(root) / DVC_TMP
+    if _held or not tmp.is_dir():
+        return None
+    try:
+        with open(tmp / "lock", "rb") as f:
+            fcntl.flock(f.fileno(), fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except OSError as err:
+        if err.errno in (errno.EWOULDBLOCK, errno.EACCES):
+            return describe(_pid_in(tmp / "lock"))
+    pid = _dvc_stage_running(tmp / "rwlock")
+    return None if pid is None else describe(pid)
+
+
 def _busy(pid: int | None) -> str:
     return f"{describe(pid)} is running in this workspace: wait for it to finish (or stop it), then rerun snakemake"
 

@@ -7,6 +7,7 @@ tree, as a loaded machine might) while its rivals start, so they meet it running
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -50,11 +51,11 @@ def finish(proc: subprocess.Popen) -> tuple[int, str]:
     return proc.returncode, out
 
 
-def wait_for(condition, what: str, timeout: float = 120) -> None:
+def wait_for(condition, what: str, timeout: float = 120, poll: float = 0.1) -> None:
     deadline = time.monotonic() + timeout
     while not condition():
         assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.1)
+        time.sleep(poll)
 
 
 @contextmanager
@@ -98,11 +99,26 @@ def test_snakemake_first_then_dvc_first(repo, start):
     assert code == 0 and "2 of 2 steps (100%) done" in out, out
     assert (repo / PROSE_SPLIT).is_dir() and not (repo / CODE_SHARD).exists() and not leftovers(repo)
 
-    # DVC first: a run started while `dvc repro` runs a stage's command stops before its first job.
+    # DVC first: a run started while `dvc repro` runs a stage's command stops before its first job. While DVC
+    # rewrites artifacts/params/ (its `resolve` stage), Snakemake's start leaves that directory alone.
     dvc = start([*DVC, "repro", "curate_shard-prose-00000"])
     rwlock = repo / ".dvc/tmp/rwlock"
-    wait_for(lambda: (rwlock.exists() and "curate" in rwlock.read_text()) or dvc.poll() is not None,
-             "dvc repro to run its stage")
+
+    def dvc_writes(fragment: str) -> bool:
+        try:
+            return any(fragment in out for out in json.loads(rwlock.read_text()).get("write", {}))
+        except (OSError, ValueError):
+            return False
+
+    wait_for(lambda: dvc_writes(paths.stage_params_dir()) or dvc.poll() is not None, "dvc repro's resolve stage", poll=0.01)
+    assert dvc.poll() is None, finish(dvc)[1]
+    with paused(dvc):
+        before = sorted((f.name, f.stat().st_mtime_ns) for f in (repo / paths.stage_params_dir()).glob("*"))
+        code, out = finish(start([*SNAKEMAKE, CODE_SHARD]))
+        assert code == 1 and f"error: dvc repro (pid {dvc.pid}) is running in this workspace" in out, out
+        assert "dvc.yaml and artifacts/params/ left as they are" in out, out
+        assert sorted((f.name, f.stat().st_mtime_ns) for f in (repo / paths.stage_params_dir()).glob("*")) == before
+    wait_for(lambda: dvc_writes(paths.curate_shard_dir("prose", 0)) or dvc.poll() is not None, "dvc repro's curate stage")
     assert dvc.poll() is None, finish(dvc)[1]
     with paused(dvc):
         refused, dry = start([*SNAKEMAKE, CODE_SHARD]), start([*SNAKEMAKE, "-n", CODE_SHARD])

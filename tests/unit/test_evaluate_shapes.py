@@ -43,6 +43,9 @@ def test_padding_leaves_the_real_positions_alone(loaded):
     padded = model.logits(tokens)
     assert padded.shape == unpadded.shape
     torch.testing.assert_close(padded, unpadded, rtol=1e-5, atol=1e-5)
+    at = torch.tensor([[0, 20, 7], [13, 2, 20]])  # logits at chosen positions only: the same values
+    torch.testing.assert_close(model.logits(tokens, at), unpadded.gather(1, at[..., None].expand(-1, -1, unpadded.size(-1))),
+                               rtol=1e-5, atol=1e-5)
     labels = torch.randint(0, model.tokenizer.vocab_size, (2, 21))
     with torch.no_grad():
         losses = model.model(tokens, positions, None, labels=labels).float()

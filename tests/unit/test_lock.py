@@ -4,6 +4,7 @@ taken twice in one process conflicts like in two (each `open` is its own lock ho
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 
@@ -65,3 +66,19 @@ def test_describe_names_the_command(argv, said):
         proc.kill()
         proc.wait()
     assert lock.describe(None) == "a DVC command"
+
+
+def test_holder_names_who_holds_the_workspace_without_taking_it(workspace):
+    assert lock.holder(workspace) is None
+    dvc = zc.lockfile.LockFile(str(workspace / ".dvc/tmp/lock"))
+    assert lock.holder(workspace) == f"a DVC command (pid {os.getpid()})"  # this process: not dvc by name
+    dvc.close()
+    assert lock.holder(workspace) is None
+    zc.lockfile.LockFile(str(workspace / ".dvc/tmp/lock")).close()  # the probe left nothing held
+    live = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
+    try:
+        (workspace / ".dvc/tmp/rwlock").write_text(json.dumps({"write": {"artifacts/params": {"pid": live.pid, "cmd": "dvc repro"}}}))
+        assert lock.holder(workspace) == f"a DVC command (pid {live.pid})"
+    finally:
+        live.kill()
+        live.wait()

@@ -73,10 +73,12 @@ class ArborLM(TemplateLM):
             ids = torch.full((len(batch), max(map(len, inputs))), self.eot_token_id, dtype=torch.long)
             for row, inp in enumerate(inputs):  # right padding: causal attention never looks at it
                 ids[row, : len(inp)] = torch.tensor(inp)
-            logprobs = torch.log_softmax(self.loaded.logits(ids), dim=-1).cpu()
+            width = max(len(requests[i][2]) for i in batch)  # logits only where a continuation is predicted
+            at = torch.tensor([[max(0, len(inp) - width + k) for k in range(width)] for inp in inputs])
+            logprobs = torch.log_softmax(self.loaded.logits(ids, at), dim=-1).cpu()
             for row, i in enumerate(batch):
                 target = torch.tensor(requests[i][2])
-                lp = logprobs[row, len(inputs[row]) - len(target): len(inputs[row])]
+                lp = logprobs[row, width - len(target):]
                 results[i] = (float(lp.gather(-1, target[:, None]).sum()), bool((lp.argmax(-1) == target).all()))
         return results  # type: ignore[return-value]
 
@@ -106,7 +108,7 @@ class ArborLM(TemplateLM):
             ids, new = self.tok_encode(context), []
             for _ in range(int(kwargs.get("max_gen_toks", DEFAULT_MAX_GEN_TOKS))):
                 window = torch.tensor([(ids + new)[-self.max_length:]])
-                token = int(self.loaded.logits(window)[0, -1, :vocab].argmax())
+                token = int(self.loaded.logits(window, torch.tensor([[window.size(1) - 1]]))[0, -1, :vocab].argmax())
                 if token == self.eot_token_id:
                     break
                 new.append(token)

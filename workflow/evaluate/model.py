@@ -48,13 +48,30 @@ class LoadedModel:
         return self.model.embedding.word_embeddings.weight.shape[0]
 
     @torch.no_grad()
-    def logits(self, tokens: torch.Tensor) -> torch.Tensor:
-        """fp32 logits `[b, s, vocab_size]` of token ids `[b, s]` (causal: position i sees tokens <= i)."""
+    def logits(self, tokens: torch.Tensor, at: torch.Tensor | None = None) -> torch.Tensor:
+        """fp32 logits `[b, s, vocab_size]` of token ids `[b, s]` (causal: position i sees tokens <= i).
+
+        With `at` (`[b, k]` positions per row) only those: `[b, k, vocab_size]`, and the output layer (the
+        largest GEMM of a small model) runs on `b * k` hidden states instead of `b * s`."""
         n = tokens.size(1)
         ids = pad_right(tokens.to(self.backend.device), self.tokenizer.eod)
         positions = torch.arange(ids.size(1), device=ids.device).unsqueeze(0).expand_as(ids)
-        with self.backend.autocast():
-            return self.model(ids, positions, None).float()[:, :n]
+        hook = None
+        if at is not None:
+            index = at.to(ids.device).t()[..., None]  # [k, b, 1]: the output layer takes [s, b, hidden]
+
+            def pick(_module, args, kwargs):
+                hidden = args[0]
+                return (hidden.gather(0, index.expand(-1, -1, hidden.size(-1))), *args[1:]), kwargs
+
+            hook = self.model.output_layer.register_forward_pre_hook(pick, with_kwargs=True)
+        try:
+            with self.backend.autocast():
+                out = self.model(ids, positions, None).float()
+        finally:
+            if hook is not None:
+                hook.remove()
+        return out if at is not None else out[:, :n]
 
     @torch.no_grad()
     def token_losses(self, tokens: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
