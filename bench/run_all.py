@@ -36,6 +36,7 @@ SCRIPTS: dict[str, tuple[list[str], list[str]]] = {
     "remote_read": (["--mb", "64", "--repeats", "3"], ["--mb", "2", "--file-mb", "1", "--repeats", "1"]),
     "score": (["--limit", "4000", "--repeats", "3"], ["--limit", "200", "--repeats", "1"]),
     "tokenize": (["--corpus-mb", "30", "--repeats", "3"], ["--corpus-mb", "1", "--repeats", "1"]),
+    "evaluate": (["--requests", "1200", "--repeats", "3"], ["--requests", "40", "--repeats", "1"]),
     "train": (["--steps", "50", "--repeats", "3"],
               ["--steps", "4", "--repeats", "1", "--hidden", "64", "--layers", "2", "--save-interval", "2"]),
     "threads": (["--steps", "60", "--repeats", "2"], ["--steps", "4", "--repeats", "1", "--hidden", "64"]),
