@@ -112,12 +112,15 @@ def test_snakemake_first_then_dvc_first(repo, start):
 
     wait_for(lambda: dvc_writes(paths.stage_params_dir()) or dvc.poll() is not None, "dvc repro's resolve stage", poll=0.01)
     assert dvc.poll() is None, finish(dvc)[1]
+    def params_files() -> list[tuple[str, int]]:
+        return sorted((f.name, f.stat().st_mtime_ns) for f in (repo / paths.stage_params_dir()).glob("*"))
+
     with paused(dvc):
-        before = sorted((f.name, f.stat().st_mtime_ns) for f in (repo / paths.stage_params_dir()).glob("*"))
+        before = params_files()
         code, out = finish(start([*SNAKEMAKE, CODE_SHARD]))
         assert code == 1 and f"error: dvc repro (pid {dvc.pid}) is running in this workspace" in out, out
         assert "dvc.yaml and artifacts/params/ left as they are" in out, out
-        assert sorted((f.name, f.stat().st_mtime_ns) for f in (repo / paths.stage_params_dir()).glob("*")) == before
+        assert params_files() == before
     wait_for(lambda: dvc_writes(paths.curate_shard_dir("prose", 0)) or dvc.poll() is not None, "dvc repro's curate stage")
     assert dvc.poll() is None, finish(dvc)[1]
     with paused(dvc):
