@@ -1,0 +1,49 @@
+"""megatron-core's import for the jobs that build a model (trunk, decay, evaluate), without TorchDynamo's start-up.
+
+megatron-core decorates its fused kernels with `torch.compile` when it is imported (`megatron/core/jit.py`:
+`jit_fuser = torch.compile`), and each decoration imports TorchDynamo and Inductor: about 1.1 s of every job's
+start, for kernels a CPU job never calls. `load()` imports megatron-core with those decorations deferred: a
+kernel is handed to the real `torch.compile` on its first call, which is when `torch.compile` compiles anyway,
+so a GPU job compiles the same kernels with the same options.
+"""
+
+from __future__ import annotations
+
+import functools
+import sys
+from collections.abc import Callable
+from typing import Any
+
+
+def deferred(compile_: Callable[..., Any]) -> Callable[..., Any]:
+    """`torch.compile` with the decoration deferred to the first call (decorator and direct forms)."""
+
+    def compile_later(model: Callable[..., Any] | None = None, **options: Any) -> Callable[..., Any]:
+        if model is None:  # @torch.compile(...)
+            return lambda fn: compile_later(fn, **options)
+        compiled: Callable[..., Any] | None = None
+
+        @functools.wraps(model)
+        def call(*args: Any, **kwargs: Any) -> Any:
+            nonlocal compiled
+            if compiled is None:
+                compiled = compile_(model, **options)
+            return compiled(*args, **kwargs)
+
+        return call
+
+    return compile_later
+
+
+def load() -> None:
+    """Import megatron.core (once per process) with its `torch.compile` decorations deferred."""
+    if "megatron.core" in sys.modules:
+        return
+    import torch
+
+    real = torch.compile
+    torch.compile = deferred(real)
+    try:
+        import megatron.core  # noqa: F401
+    finally:
+        torch.compile = real
