@@ -32,6 +32,11 @@ MODEL = "main@2"
 LOCAL_TASKS = {"examples": 12, "context_words": 8, "continuation_words": 3}
 
 
+def study_params() -> dict:
+    return {**train_params_dict(checkpoints=[2]),
+            "eval": {"batch_size": 4, "max_sequences": 5, "local_tasks": LOCAL_TASKS}}
+
+
 def build_study(root: Path):
     """In `root` (the cwd): tiny tokenizer/token files, the curated held-out split, main@2 trained, task data."""
 
@@ -39,8 +44,7 @@ def build_study(root: Path):
     for domain in TRAIN_DOMAINS:  # the held-out documents the token files were built from
         write_jsonl_zst(root / paths.curated_dir(domain) / "heldout/part-00000.jsonl.zst",
                         [{"text": t, "domain": domain} for t in _train_docs(domain, 60, 0)[50:]])
-    params = parse_params({**train_params_dict(checkpoints=[2]),
-                           "eval": {"batch_size": 4, "max_sequences": 5, "local_tasks": LOCAL_TASKS}})
+    params = parse_params(study_params())
     stages.call(params, "trunk", trunk="main", step=2)
     stages.call(params, "eval_tasks")
     return params
@@ -108,6 +112,19 @@ def test_heldout_windows(train_study):
     assert torch.equal(tokens[0, 1:], labels[0, :-1]) and torch.equal(tokens[1, 0], labels[0, -1])
     capped = heldout_windows(prefix, 32, 2)
     assert capped[0].shape == (2, 32) and bool(capped[2].all())
+
+
+def test_an_evaluate_job_imports_neither_torchdynamo_nor_transformers(in_study):
+    """Two start-up costs an evaluate job does not pay: TorchDynamo and Inductor, which megatron-core's torch.compile
+    decorations import (workflow/mcore.py; a trunk job imports TorchDynamo anyway: torch.optim does), and lm-eval's
+    environment report, which imports transformers and runs pip (`harness.without_env_report`)."""
+    Path("params.yaml").write_text(yaml.safe_dump(study_params()))
+    job = subprocess.run([sys.executable, "-X", "importtime", "-m", "workflow", "evaluate", "--model", MODEL],
+                         capture_output=True, text=True)
+    assert job.returncode == 0, job.stderr[-3000:]
+    imported = {line.rsplit("|", 1)[-1].strip() for line in job.stderr.splitlines() if line.startswith("import time:")}
+    assert {"megatron.core.models.gpt", "megatron.core.jit", "lm_eval.evaluator"} <= imported, "no model or no lm-eval"
+    assert not {"torch._dynamo", "torch._inductor", "transformers"} & imported
 
 
 def test_evaluate_missing_model(in_study):

@@ -167,9 +167,19 @@ def run_tasks(params: Params, loaded: LoadedModel) -> dict[str, dict]:
         raise StageError(f"eval.tasks: unknown lm-eval task(s) {', '.join(unknown)}; local tasks: "
                          f"{', '.join(local_tasks())} (workflow/tasks/), others: `lm-eval ls tasks`")
     lm = ArborLM(loaded, params.eval.batch_size, params.model.seq_length)
-    results = simple_evaluate(lm, tasks=tasks, num_fewshot=params.eval.num_fewshot, limit=params.eval.task_limit,
-                              task_manager=manager, bootstrap_iters=BOOTSTRAP_ITERS, log_samples=False)
+    with without_env_report():
+        results = simple_evaluate(lm, tasks=tasks, num_fewshot=params.eval.num_fewshot, limit=params.eval.task_limit,
+                                  task_manager=manager, bootstrap_iters=BOOTSTRAP_ITERS, log_samples=False)
     return scores(results)
+
+
+def without_env_report():
+    """`simple_evaluate` ends by adding an environment report to its results (`lm_eval.loggers.utils.add_env_info`:
+    torch's collect_env, which runs pip/conda/nvidia-smi, and an import of transformers): 1.8 CPU-s of a job
+    for fields `scores` drops. The eval JSON keeps its own lineage."""
+    from unittest import mock
+
+    return mock.patch("lm_eval.evaluator.add_env_info", lambda results: None)
 
 
 def task_line(tasks: dict[str, dict]) -> str:
