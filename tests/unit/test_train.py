@@ -149,6 +149,26 @@ def test_extension_trains_only_the_new_segment(train_study, monkeypatch):
     assert seen == [5, 6]
 
 
+def test_curves_are_the_files_dvclive_writes(tmp_path, monkeypatch):
+    """`write_dvclive` writes what `dvclive.Live` writes for the same log, byte for byte (`dvc plots` reads them)."""
+    from dvclive import Live
+
+    log = [{"step": s, "loss": 6.0 / s, "lr": 3e-3 * min(1, s / 2), "grad_norm": 0.1 * s + 1e-9,
+            "consumed_samples": 4 * s} for s in range(1, 6)]
+    ckpt.write_dvclive(tmp_path / "ours", log)
+    monkeypatch.chdir(tmp_path)  # outside any git or DVC repository: Live writes only its files
+    with Live("theirs", save_dvc_exp=False, dvcyaml=None, report=None) as live:
+        for row in log:
+            live.step = row["step"]
+            for name in ckpt.LIVE_METRICS:
+                live.log_metric(name, row[name])
+    def files(root):
+        return {p.relative_to(root): p.read_bytes() for p in root.rglob("*") if p.is_file()}
+
+    ours, theirs = files(tmp_path / "ours"), files(tmp_path / "theirs")
+    assert ours == theirs and len(ours) == len(ckpt.LIVE_METRICS) + 1
+
+
 def test_fingerprint_mismatch(train_study, monkeypatch):
     params = train_study()
     stages.call(params, "trunk", trunk="main", step=4)
