@@ -115,16 +115,17 @@ def test_heldout_windows(train_study):
 
 
 def test_an_evaluate_job_imports_neither_torchdynamo_nor_transformers(in_study):
-    """Two start-up costs an evaluate job does not pay: TorchDynamo and Inductor, which megatron-core's torch.compile
-    decorations import (workflow/mcore.py; a trunk job imports TorchDynamo anyway: torch.optim does), and lm-eval's
-    environment report, which imports transformers and runs pip (`harness.without_env_report`)."""
+    """Start-up costs an evaluate job does not pay (workflow/mcore.py): TorchDynamo and Inductor, which
+    megatron-core's torch.compile decorations import (a trunk job imports TorchDynamo anyway: torch.optim does),
+    and boto3, for megatron-core's datasets on S3; and lm-eval's environment report, which imports transformers
+    and runs pip (`harness.without_env_report`)."""
     Path("params.yaml").write_text(yaml.safe_dump(study_params()))
     job = subprocess.run([sys.executable, "-X", "importtime", "-m", "workflow", "evaluate", "--model", MODEL],
                          capture_output=True, text=True)
     assert job.returncode == 0, job.stderr[-3000:]
     imported = {line.rsplit("|", 1)[-1].strip() for line in job.stderr.splitlines() if line.startswith("import time:")}
     assert {"megatron.core.models.gpt", "megatron.core.jit", "lm_eval.evaluator"} <= imported, "no model or no lm-eval"
-    assert not {"torch._dynamo", "torch._inductor", "transformers"} & imported
+    assert not {"torch._dynamo", "torch._inductor", "transformers", "botocore"} & imported  # boto3: its attempt shows
 
 
 def test_evaluate_missing_model(in_study):
