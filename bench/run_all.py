@@ -37,6 +37,7 @@ SCRIPTS: dict[str, tuple[list[str], list[str]]] = {
     "score": (["--limit", "4000", "--repeats", "3"], ["--limit", "200", "--repeats", "1"]),
     "tokenize": (["--corpus-mb", "30", "--repeats", "3"], ["--corpus-mb", "1", "--repeats", "1"]),
     "evaluate": (["--requests", "1200", "--repeats", "3"], ["--requests", "40", "--repeats", "1"]),
+    "job_startup": (["--repeats", "3"], ["--repeats", "1"]),
     "train": (["--steps", "50", "--repeats", "3"],
               ["--steps", "4", "--repeats", "1", "--hidden", "64", "--layers", "2", "--save-interval", "2"]),
     "threads": (["--steps", "60", "--repeats", "2"], ["--steps", "4", "--repeats", "1", "--hidden", "64"]),
