@@ -1,4 +1,4 @@
-"""megatron-core's import for the jobs that build a model (trunk, decay, evaluate), without TorchDynamo's start-up.
+"""megatron-core, imported lightly by every job that builds a model (`loop.setup`: trunk, decay, merge, evaluate).
 
 megatron-core decorates its fused kernels with `torch.compile` when it is imported (`megatron/core/jit.py`:
 `jit_fuser = torch.compile`), and each decoration imports TorchDynamo and Inductor: about 1.1 s of every job's

@@ -16,7 +16,7 @@ from __future__ import annotations
 import subprocess
 from pathlib import Path
 
-from workflow import faults, mcore, paths
+from workflow import faults, paths
 from workflow.params import Params, scoped
 
 META_KEYS = ("fingerprint", "step", "tokens_seen", "consumed_samples")
@@ -66,7 +66,6 @@ def run(params: Params, model: str, *, inputs: dict[str, list[str]]) -> None:
     from workflow.evaluate.model import load_model
     from workflow.io import write_json
 
-    mcore.load()
     model_id = model
     params = scoped(params, model_id)
     loaded = load_model(params, model_id)

@@ -28,7 +28,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from workflow import mcore, paths
+from workflow import paths
 from workflow.params import Params, scoped
 
 
@@ -65,7 +65,6 @@ def run(params: Params, branch: str, *, inputs: dict[str, list[str]]) -> None:
     from workflow.train import segment as runner
     from workflow.train.loop import Session
 
-    mcore.load()
     params = scoped(params, f"decay-{branch}")
     d = params.decays[branch]
     source = inputs["parent"][0]

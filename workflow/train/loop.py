@@ -29,7 +29,7 @@ from pathlib import Path
 
 import torch
 
-from workflow import faults, paths
+from workflow import faults, mcore, paths
 from workflow.params import Parallel, Params, for_run
 from workflow.train import backend as be
 from workflow.train import checkpoint as ckpt
@@ -110,10 +110,11 @@ def schedule_origin(params: Params, branch: str | None = None) -> int:
 
 
 def setup(params: Params, parallel: Parallel | None = None) -> tuple[be.Backend, TokenizerInfo]:
-    """Quiet megatron, threads, backend, process group and tokenizer facts: the common start of every stage
-    that builds a model. `parallel`: the training layout (`params.model.parallel`); None = one process,
-    TP = PP = 1."""
+    """Quiet megatron and import it (`mcore.load`), threads, backend, process group and tokenizer facts: the
+    common start of every stage that builds a model. `parallel`: the training layout (`params.model.parallel`);
+    None = one process, TP = PP = 1."""
     be.quiet_megatron()
+    mcore.load()
     distributed.set_threads()
     backend = be.resolve(params.model)
     distributed.init(backend, parallel)

@@ -27,7 +27,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from workflow import mcore, paths
+from workflow import paths
 from workflow.params import Params
 
 STEP_DIR = re.compile(r"^step-(\d+)(?:$|\.)")  # a checkpoint dir, or a writer's temporary of one
@@ -100,7 +100,6 @@ def run(params: Params, trunk: str, step: int, *, inputs: Inputs) -> None:
     from workflow.train import segment as runner
     from workflow.train.loop import Session, setup
 
-    mcore.load()
     params = params.at(trunk)
     setup(params, params.model.parallel)  # process group first: every rank sees the same plan
     prev = previous(inputs)
@@ -124,7 +123,6 @@ def run_all(params: Params, segments: list[tuple[dict[str, Any], Inputs]]) -> No
     from workflow.train.distributed import barrier, is_main
     from workflow.train.loop import Session, remove_tree, setup
 
-    mcore.load()
     name = segments[0][0]["trunk"]
     params = params.at(name)
     setup(params, params.model.parallel)
