@@ -96,6 +96,19 @@ def load_yaml(path: Path) -> dict:
 
 # Modules that share the session's `tiny_study` (one `make study`): pytest-xdist must run them on one worker.
 TINY_STUDY_MODULES = ("tests/e2e/test_study.py", "tests/faults/test_kills.py", "tests/integration/test_invalidation.py")
+# The scopes (modules; the tiny study's users are one) that start first, in this order; the rest follow in
+# collection order. Each worker holds two scopes at a time, in turn: the tiny study's users (about 9 min) and the
+# science check's default study (about 5.5) start at once on the two workers, and the SLURM module (about 5.5,
+# half of it waiting for SLURM) follows the science check, so its waits leave a core to the tiny study's jobs,
+# and no long scope is left to run alone at the end.
+FIRST_SCOPES = (TINY_STUDY_MODULES[0], "tests/e2e/test_science.py", "tests/integration/test_dvc_repro.py",
+                "tests/cluster/test_slurm.py")
+
+
+def scope(nodeid: str) -> str:
+    """The unit pytest-xdist gives one worker: a test module, or the users of the session's tiny study."""
+    module = nodeid.split("::", 1)[0]
+    return TINY_STUDY_MODULES[0] if module in TINY_STUDY_MODULES else module
 
 
 @pytest.hookimpl(optionalhook=True)  # pytest-xdist's hook: fine without xdist installed
@@ -108,18 +121,21 @@ def pytest_xdist_make_scheduler(config, log):
 
     class StudyScheduling(LoadFileScheduling):
         def _split_scope(self, nodeid: str) -> str:
-            scope = super()._split_scope(nodeid)
-            return TINY_STUDY_MODULES[0] if scope in TINY_STUDY_MODULES else scope
+            return scope(nodeid)
 
+    config.option.loadscopereorder = False  # scopes start in collection order (FIRST_SCOPES first), not by test count
     return StudyScheduling(config, log)
 
 
 def pytest_collection_modifyitems(config, items) -> None:
-    """Refuse a module that uses `tiny_study` without being in TINY_STUDY_MODULES (it would rebuild it under xdist)."""
+    """FIRST_SCOPES first (a stable sort: every module keeps its order). Refuse a module that uses `tiny_study`
+    without being in TINY_STUDY_MODULES (it would rebuild it under xdist)."""
     for item in items:
         module = item.nodeid.split("::", 1)[0]
         if "tiny_study" in item.fixturenames and module not in TINY_STUDY_MODULES:
             raise pytest.UsageError(f"{module} uses the tiny_study fixture: add it to TINY_STUDY_MODULES in tests/conftest.py")
+    rank = {s: i for i, s in enumerate(FIRST_SCOPES)}
+    items.sort(key=lambda item: rank.get(scope(item.nodeid), len(FIRST_SCOPES)))
 
 
 @pytest.hookimpl(wrapper=True, tryfirst=True)  # the outermost wrapper: after pytest's short test summary
