@@ -97,12 +97,12 @@ def load_yaml(path: Path) -> dict:
 # Modules that share the session's `tiny_study` (one `make study`): pytest-xdist must run them on one worker.
 TINY_STUDY_MODULES = ("tests/e2e/test_study.py", "tests/faults/test_kills.py", "tests/integration/test_invalidation.py")
 # The scopes (modules; the tiny study's users are one) that start first, in this order; the rest follow in
-# collection order. Each worker holds two scopes at a time, in turn: the tiny study's users (about 9 min) and the
-# science check's default study (about 5.5) start at once on the two workers, and the SLURM module (about 5.5,
-# half of it waiting for SLURM) follows the science check, so its waits leave a core to the tiny study's jobs,
-# and no long scope is left to run alone at the end.
-FIRST_SCOPES = (TINY_STUDY_MODULES[0], "tests/e2e/test_science.py", "tests/integration/test_dvc_repro.py",
-                "tests/cluster/test_slurm.py")
+# collection order. Each worker holds two scopes at a time, in turn: the SLURM module (about 5.5 min, half of it
+# waiting for SLURM) and the tiny study's users (about 9 min, often two jobs at once) start together, so SLURM's
+# waits leave a core to the tiny study's jobs; the science check's default study (about 5.5 min) follows the SLURM
+# module; short modules fill both workers at the end.
+FIRST_SCOPES = ("tests/cluster/test_slurm.py", TINY_STUDY_MODULES[0], "tests/e2e/test_science.py",
+                "tests/unit/test_params.py")
 
 
 def scope(nodeid: str) -> str:
