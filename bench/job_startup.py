@@ -60,7 +60,9 @@ runpy.run_module("workflow", run_name="__main__")
 def job_cpu(mode: str, argv: list[str], env: dict[str, str]) -> float:
     """User + system CPU seconds of one job (and its children) run through WRAPPER."""
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
-    subprocess.run([sys.executable, "-c", WRAPPER, mode, *argv], check=True, env=env, capture_output=True)
+    done = subprocess.run([sys.executable, "-c", WRAPPER, mode, *argv], env=env, capture_output=True, text=True)
+    if done.returncode != 0:
+        raise SystemExit(f"{mode} `{' '.join(argv)}` exited {done.returncode}:\n{done.stderr[-3000:]}")
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
     return (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
 
@@ -86,6 +88,8 @@ def main() -> None:
         subprocess.run([sys.executable, "-m", "dvc", "init", "-q"], check=True)
         build_study(Path(tmp))
         Path("params.yaml").write_text(yaml.safe_dump(study_params()))
+        subprocess.run(["git", "add", "params.yaml"], check=True)  # a study is a repository with commits
+        subprocess.run(["git", "-c", "user.email=b@b", "-c", "user.name=b", "commit", "-qm", "study"], check=True)
         jobs = {"evaluate job": ["evaluate", "--model", "main@2"], "trunk segment job (2 steps)": ["trunk", "--step", "2"]}
         for label, argv in jobs.items():
             times: dict[str, list[float]] = {"now": [], "baseline": []}

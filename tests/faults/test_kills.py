@@ -48,7 +48,7 @@ import pytest
 import yaml
 
 from tests.conftest import clone_study
-from workflow import paths, stages
+from workflow import lock, paths, stages
 from workflow.engines import dvc as dvc_engine
 from workflow.params import load_params
 
@@ -220,10 +220,20 @@ def attempt(engine: str, job: Job, repo: Path, log: Path, fault: str | None = No
 
 def unlock(engine: str, repo: Path, start: bool = True) -> None:
     """What the engine needs after a SIGKILL before it runs again: Snakemake's locks outlive its process
-    (`LockException: ... It can be removed with the --unlock argument`); DVC's lock is an flock, gone with it.
+    (`LockException: ... It can be removed with the --unlock argument`); DVC's lock is an flock, gone with it,
+    but DVC rewrites `.dvc/tmp/rwlock` in place: a kill in that instant leaves it empty, and DVC refuses to start
+    ("Unable to read RWLock-file ... JSON structure is corrupted") until it is deleted (README, crashes).
     `start=False`: remove `.snakemake/locks` as `snakemake --unlock` does (snakemake/persistence/file.py), without
     its start-up (1.7 CPU-s; the kill suite unlocks 27 times)."""
-    if engine != "snakemake":
+    if engine == "dvc":
+        rwlock = repo / lock.DVC_TMP / "rwlock"
+        try:
+            json.loads(rwlock.read_text())
+        except FileNotFoundError:
+            pass
+        except json.JSONDecodeError:
+            rwlock.unlink()
+            print(f"  dvc: the kill left {rwlock.relative_to(repo)} unreadable; deleted")
         return
     if not start:
         shutil.rmtree(repo / ".snakemake" / "locks", ignore_errors=True)  # else the next run stops with LockException
