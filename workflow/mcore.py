@@ -1,8 +1,8 @@
 """megatron-core, imported lightly by every job that builds a model (`loop.setup`: trunk, decay, merge, evaluate).
 
 megatron-core decorates its fused kernels with `torch.compile` when it is imported (`megatron/core/jit.py`:
-`jit_fuser = torch.compile`), and each decoration imports TorchDynamo and Inductor: about 1.1 s of every job's
-start, for kernels a CPU job never calls. `load()` imports megatron-core with those decorations deferred: a
+`jit_fuser = torch.compile`), and each decoration imports TorchDynamo and Inductor: about 1.7 CPU-s of a job's
+start (1 s where torch.optim imports TorchDynamo anyway), for kernels a CPU job never calls. `load()` imports megatron-core with those decorations deferred: a
 kernel is handed to the real `torch.compile` on its first call, which is when `torch.compile` compiles anyway,
 so a GPU job compiles the same kernels with the same options.
 """
