@@ -38,4 +38,3 @@ def test_deferred_real_torch_compile_gives_the_eager_result():
     x = torch.linspace(-3, 3, 64)
     fused = mcore.deferred(torch.compile)(gelu_tanh, backend="eager")
     assert torch.equal(fused(x), gelu_tanh(x))
-

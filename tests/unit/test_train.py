@@ -162,6 +162,7 @@ def test_curves_are_the_files_dvclive_writes(tmp_path, monkeypatch):
             live.step = row["step"]
             for name in ckpt.LIVE_METRICS:
                 live.log_metric(name, row[name])
+
     def files(root):
         return {p.relative_to(root): p.read_bytes() for p in root.rglob("*") if p.is_file()}
 
