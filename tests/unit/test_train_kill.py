@@ -78,7 +78,10 @@ def test_sigkill_at_random_points_then_rerun_is_bit_identical(train_study, train
     stopped = re.search(r"stopped by SIGTERM at step (\d+), saved; resume from (\d+)", out)
     assert proc.returncode == 143 and stopped, f"rc {proc.returncode}:\n{out[-3000:]}"
     saved = int(stopped[1])
-    assert stopped[1] == stopped[2] and term <= saved <= term + 1
+    steps = [int(n) for n in re.findall(rf"^main@{STEPS} step (\d+)/", out, re.M)]
+    # the step in progress when the signal lands ends and nothing after it runs; on a loaded machine this test
+    # may read step `term` a few steps after the job logged it, so the stop can come later than term + 1
+    assert stopped[1] == stopped[2] and term <= saved < STEPS and steps[-1] == saved, f"steps {steps}"
     assert ckpt.read_meta(paths.scratch_dir("trunk", f"main/step-{STEPS}"))["step"] == saved
     assert not Path(paths.trunk_dir("main", STEPS)).exists()
 
